@@ -1,0 +1,1 @@
+"""minidlm: a small masked-diffusion language model (see README.md)."""
