@@ -1,0 +1,197 @@
+"""The network: a bidirectional pre-norm transformer that predicts every position's token.
+
+A masked-diffusion LM is a BERT-shaped network trained with a diffusion objective (see
+diffusion.py). Notable choices, after LLaDA (arXiv 2502.09992) and nanochat:
+- bidirectional attention (no causal mask), no timestep input, no biases;
+- pre-norm RMSNorm, rotary position embeddings (RoPE), a SwiGLU-free plain GELU MLP;
+- `sink=True` adds ONE extra [SINK] token ("One Token Is Enough", arXiv 2601.19657): it is
+  prepended at RoPE position 0 with its own learned embedding, its row attends only to itself,
+  every row may attend to it, and its output is sliced off before the final norm and head. It is
+  never masked and never predicted, so neither the objective nor the sampler knows it exists.
+
+The forward has two general seams that the samplers and analyses build on:
+- `cache`: an object with `update(layer, k, v) -> (K, V)`. The forward then runs only the given
+  query rows (at their true `positions`) against the keys/values the cache returns. The model
+  knows nothing about when a cache refreshes: that is the cache's business (sampler.py).
+- `attn_bias`: an additive term on the pre-softmax attention logits over content keys, either one
+  tensor for every layer or a list with one entry (or None) per layer. Padding and CoTA's distance
+  gain (log G_ij, arXiv 2601.20520) both arrive through it.
+`trace=True` also returns per-layer attention weights, values and hidden states; the logits are
+computed by the very same path, so asking for them changes no logit.
+"""
+import math
+from dataclasses import dataclass, asdict, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int = 1024
+    n_layer: int = 8          # depth over width: CoTA's deep-layer band and sinks need layers
+    n_head: int = 4
+    d_model: int = 128
+    max_seq_len: int = 256    # content tokens; the sink, when present, comes on top
+    mlp_ratio: int = 4
+    sink: bool = False
+    rope_base: float = 10000.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Trace:
+    """What one forward saw, per layer. With a sink, S = 1 and row/column 0 is the sink."""
+    attn: list = field(default_factory=list)    # (B, H, S + Tq, S + Tk) softmax weights
+    values: list = field(default_factory=list)  # (B, H, S + Tk, head_dim) value vectors
+    hidden: list = field(default_factory=list)  # (B, Tq, d) content residual stream after the layer
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+
+
+def rope_angles(positions: torch.Tensor, head_dim: int, base: float):
+    """cos, sin of shape (B, 1, T, head_dim/2) for integer positions of shape (B, T)."""
+    inv_freq = base ** (-torch.arange(0, head_dim, 2, device=positions.device).float() / head_dim)
+    angles = positions.float().unsqueeze(-1) * inv_freq  # (B, T, head_dim/2)
+    return angles.cos().unsqueeze(1), angles.sin().unsqueeze(1)
+
+
+def apply_rope(x, cos, sin):
+    x1, x2 = x[..., 0::2], x[..., 1::2]
+    return torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.n_head, self.head_dim = cfg.n_head, cfg.d_model // cfg.n_head
+        self.wqkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=False)
+        self.wo = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
+
+    def qkv(self, x, rope):
+        """Rotated queries and keys, and values, each (B, H, T, head_dim)."""
+        B, T, _ = x.shape
+        q, k, v = self.wqkv(x).view(B, T, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)
+        return apply_rope(q, *rope), apply_rope(k, *rope), v
+
+    def forward(self, x, rope, mask, kv_update=None, trace=None):
+        q, k, v = self.qkv(x, rope)
+        if kv_update is not None:
+            k, v = kv_update(k, v)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        if trace is not None:  # weights recomputed beside the fast path; y is unchanged
+            logits = q @ k.transpose(-1, -2) / math.sqrt(self.head_dim)
+            trace.attn.append(torch.softmax(logits if mask is None else logits + mask, dim=-1))
+            trace.values.append(v)
+        B, H, T, D = y.shape
+        return self.wo(y.transpose(1, 2).reshape(B, T, H * D))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.up = nn.Linear(cfg.d_model, cfg.mlp_ratio * cfg.d_model, bias=False)
+        self.down = nn.Linear(cfg.mlp_ratio * cfg.d_model, cfg.d_model, bias=False)
+
+    def forward(self, x):
+        return self.down(F.gelu(self.up(x)))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.norm1, self.attn = RMSNorm(cfg.d_model), Attention(cfg)
+        self.norm2, self.mlp = RMSNorm(cfg.d_model), MLP(cfg)
+
+    def forward(self, x, rope, mask, kv_update=None, trace=None):
+        x = x + self.attn(self.norm1(x), rope, mask, kv_update, trace)
+        return x + self.mlp(self.norm2(x))
+
+
+class DiffusionLM(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        if cfg.d_model % cfg.n_head or (cfg.d_model // cfg.n_head) % 2:
+            raise ValueError("d_model must split into heads of even size (RoPE rotates pairs)")
+        self.cfg = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.sink_embed = nn.Parameter(torch.zeros(1, 1, cfg.d_model)) if cfg.sink else None
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.norm = RMSNorm(cfg.d_model)
+        self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.apply(self._init)
+        for block in self.blocks:  # GPT-2: scale residual projections by depth
+            for w in (block.attn.wo.weight, block.mlp.down.weight):
+                nn.init.normal_(w, std=0.02 / math.sqrt(2 * cfg.n_layer))
+        if cfg.sink:
+            nn.init.normal_(self.sink_embed, std=0.02)
+
+    @staticmethod
+    def _init(m):
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, std=0.02)
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def attention_mask(self, attn_bias, tq, tk, dtype, device):
+        """Additive mask over [sink?; content] keys, or None when every score is allowed."""
+        if not self.cfg.sink:
+            return None if attn_bias is None else attn_bias.to(dtype)
+        mask = torch.zeros(1, 1, tq + 1, tk + 1, dtype=dtype, device=device)
+        mask[..., 0, 1:] = float("-inf")  # the sink's row sees only itself
+        if attn_bias is not None:         # content rows: bias on content keys, 0 on the sink key
+            bias = attn_bias.to(dtype).expand(*attn_bias.shape[:2], tq, tk)
+            mask = mask + F.pad(bias, (1, 0, 1, 0))
+        return mask
+
+    def forward(self, idx, positions=None, cache=None, attn_bias=None, trace=False):
+        """Logits (B, T, V) for the query rows `idx` (B, T), optionally with a Trace.
+
+        positions: (B, T) or (T,) true content positions of the rows (default 0..T-1).
+        cache: None (keys = these rows) or an object with update(layer, k, v) -> (K, V).
+        attn_bias: (B|1, H|1, T, Tk) additive logits over content keys, or a per-layer list.
+        """
+        B, T = idx.shape
+        if positions is None:
+            positions = torch.arange(T, device=idx.device)
+        positions = positions.expand(B, T)
+        x = self.embed(idx)
+        if self.cfg.sink:  # [SINK] at RoPE position 0, content shifted to 1..L
+            x = torch.cat([self.sink_embed.expand(B, 1, -1), x], dim=1)
+            positions = F.pad(positions + 1, (1, 0))
+        rope = rope_angles(positions, self.cfg.d_model // self.cfg.n_head, self.cfg.rope_base)
+        per_layer = attn_bias if isinstance(attn_bias, (list, tuple)) else [attn_bias] * len(self.blocks)
+        tr = Trace() if trace else None
+        s = 1 if self.cfg.sink else 0
+        tk = T if cache is None else cache.num_keys
+        masks = {}  # one additive mask per distinct bias, built once per forward
+        for i, block in enumerate(self.blocks):
+            kv_update = None
+            if cache is not None:  # the cache holds content keys; the sink's are fresh each call
+                def kv_update(k, v, i=i):
+                    K, V = cache.update(i, k[:, :, s:], v[:, :, s:])
+                    return torch.cat([k[:, :, :s], K], 2), torch.cat([v[:, :, :s], V], 2)
+            bias = per_layer[i]
+            if id(bias) not in masks:
+                masks[id(bias)] = self.attention_mask(bias, T, tk, x.dtype, x.device)
+            x = block(x, rope, masks[id(bias)], kv_update, tr)
+            if tr is not None:
+                tr.hidden.append(x[:, s:])
+        logits = self.head(self.norm(x[:, s:]))
+        return (logits, tr) if trace else logits
+
+    def logit_lens(self, hidden):
+        """Logits read off an intermediate residual stream (final norm + head)."""
+        return self.head(self.norm(hidden))

@@ -1,0 +1,132 @@
+"""The reverse process: LLaDA's `generate` (arXiv 2502.09992, Algorithm 4 / low-confidence remasking).
+
+Start from the prompt followed by `gen_length` [MASK]s. The response is cut into blocks of
+`block_length` decoded left to right, each in `steps / num_blocks` steps. At every step:
+
+    x0_hat   = argmax(logits / T + Gumbel)          (T = 0: plain argmax; noise drawn in float64)
+    conf_i   = softmax(logits)_i[x0_hat_i]           (low-confidence)  or  U(0, 1)  (random)
+    commit the k most confident still-masked positions of the current block,
+
+where k follows the even schedule: the block's n masks spread over its steps, the first n % steps
+steps taking one more. Committed tokens never change again.
+
+Batching: prompts of different lengths are LEFT-padded so every row's response occupies the same
+columns; padded keys get -inf through the model's additive attention bias and each row's positions
+start at 0 at its first real token, so a row's output does not depend on the others.
+Inside the step loop there is no host sync and no Python loop over rows: k is the same Python int
+for every row, so one batched `topk` commits exactly k tokens per row.
+"""
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class SamplerConfig:
+    gen_length: int = 128
+    steps: int = 128
+    block_length: int = 32
+    temperature: float = 0.0
+    remasking: str = "low_confidence"  # or "random"
+
+    def validate(self, max_prompt_len: int, max_seq_len: int):
+        """Raise ValueError with one clear sentence for an impossible setting."""
+        if self.gen_length <= 0 or self.steps <= 0 or self.block_length <= 0:
+            raise ValueError("gen length, steps and block length must be positive")
+        if self.gen_length % self.block_length:
+            raise ValueError(f"gen length {self.gen_length} is not divisible by block length "
+                             f"{self.block_length}")
+        num_blocks = self.gen_length // self.block_length
+        if self.steps % num_blocks:
+            raise ValueError(f"steps {self.steps} is not divisible by the number of blocks "
+                             f"{num_blocks} (gen length / block length)")
+        if self.steps // num_blocks > self.block_length:
+            raise ValueError(f"{self.steps // num_blocks} steps per block exceed the block length "
+                             f"{self.block_length}: some steps would commit nothing")
+        if not self.temperature >= 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if self.remasking not in ("low_confidence", "random"):
+            raise ValueError(f"remasking must be 'low_confidence' or 'random', got {self.remasking!r}")
+        if max_prompt_len + self.gen_length > max_seq_len:
+            raise ValueError(f"prompt ({max_prompt_len} tokens) + gen length ({self.gen_length}) "
+                             f"exceeds the model's context of {max_seq_len} tokens")
+
+
+def transfer_schedule(n: int, steps: int) -> list:
+    """Tokens committed at each of `steps` steps for n masks: the even schedule."""
+    base, extra = divmod(n, steps)
+    return [base + (1 if s < extra else 0) for s in range(steps)]
+
+
+def pad_prompts(prompts, pad_id: int, device):
+    """Left-pad prompts (lists of ids) into (B, P); returns the ids and the pad counts (B,)."""
+    P = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), P), pad_id, dtype=torch.long)
+    for r, p in enumerate(prompts):
+        ids[r, P - len(p):] = torch.tensor(p, dtype=torch.long)
+    n_pad = torch.tensor([P - len(p) for p in prompts], dtype=torch.long)
+    return ids.to(device), n_pad.to(device)
+
+
+def padding_bias(n_pad, total_len: int, dtype=torch.float32):
+    """Additive attention bias (B, 1, 1, L): -inf on pad keys, or None when nothing is padded."""
+    cols = torch.arange(total_len, device=n_pad.device)
+    bias = torch.zeros(len(n_pad), 1, 1, total_len, dtype=dtype, device=n_pad.device)
+    return bias.masked_fill((cols < n_pad[:, None])[:, None, None, :], float("-inf"))
+
+
+def choose_tokens(logits, temperature: float, generator):
+    """x0_hat = argmax(logits / T + Gumbel), the Gumbel noise in float64 (arXiv 2409.02908)."""
+    if temperature == 0:
+        return logits.argmax(-1)
+    u = torch.rand(logits.shape, generator=generator, dtype=torch.float64, device=logits.device)
+    gumbel = -torch.log(-torch.log(u.clamp_min(1e-300)))
+    return (logits.double() / temperature + gumbel).argmax(-1)
+
+
+def commit(x, logits, eligible, k: int, cfg: SamplerConfig, generator, mask_id: int):
+    """One denoising step: commit the k highest-scoring eligible positions of every row, in place.
+
+    Returns (x0_hat, scores); `scores` is what the ranking used, -inf off the eligible set."""
+    logits[..., mask_id] = float("-inf")  # [MASK] is never a target, so never a prediction
+    x0 = choose_tokens(logits, cfg.temperature, generator)
+    if cfg.remasking == "low_confidence":
+        conf = F.softmax(logits.float(), dim=-1).gather(-1, x0.unsqueeze(-1)).squeeze(-1)
+    else:
+        conf = torch.rand(x.shape, generator=generator, device=x.device)
+    scores = conf.masked_fill(~eligible, float("-inf"))
+    chosen = scores.topk(k, dim=-1).indices
+    x.scatter_(1, chosen, x0.gather(1, chosen))
+    return x0, scores
+
+
+@torch.no_grad()
+def generate(model, prompts, mask_id: int, pad_id: int, cfg: SamplerConfig, seed: int = 0,
+             on_step=None):
+    """Sample responses for a batch of prompts (lists of ids). Returns (B, gen_length) ids.
+
+    on_step(step, x) is called after every step with the whole (B, P + gen_length) canvas; it is
+    for displays and probes, and is the only place that may sync with the host."""
+    device = next(model.parameters()).device
+    cfg.validate(max(len(p) for p in prompts), model.cfg.max_seq_len)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    prompt_ids, n_pad = pad_prompts(prompts, pad_id, device)
+    B, P = prompt_ids.shape
+    x = torch.cat([prompt_ids, torch.full((B, cfg.gen_length), mask_id, device=device)], dim=1)
+    positions = torch.arange(x.shape[1], device=device) - n_pad[:, None]
+    bias = padding_bias(n_pad, x.shape[1]) if bool((n_pad > 0).any()) else None
+    cols = torch.arange(x.shape[1], device=device)
+    num_blocks = cfg.gen_length // cfg.block_length
+    steps_per_block = cfg.steps // num_blocks
+    step = 0
+    for b in range(num_blocks):
+        lo = P + b * cfg.block_length
+        in_block = (cols >= lo) & (cols < lo + cfg.block_length)
+        for k in transfer_schedule(cfg.block_length, steps_per_block):
+            logits = model(x, positions=positions, attn_bias=bias)
+            commit(x, logits, in_block & (x == mask_id), k, cfg, generator, mask_id)
+            step += 1
+            if on_step is not None:
+                on_step(step, x)
+    return x[:, P:]

@@ -1,0 +1,29 @@
+"""Shared fixtures: tiny random models in float64 (so greedy ties cannot flip on 1e-7 noise)."""
+import torch
+import pytest
+from hypothesis import settings
+
+from minidlm.model import DiffusionLM, ModelConfig
+
+settings.register_profile("ci", max_examples=25, deadline=None)
+settings.load_profile("ci")
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+VOCAB, MASK_ID, PAD_ID = 40, 38, 37
+
+
+def tiny_model(sink=False, seed=0, n_layer=2, max_seq_len=64):
+    torch.manual_seed(seed)
+    cfg = ModelConfig(vocab_size=VOCAB, n_layer=n_layer, n_head=2, d_model=16,
+                      max_seq_len=max_seq_len, sink=sink)
+    model = DiffusionLM(cfg).double().eval()
+    with torch.no_grad():  # larger weights than the init so predictions are not all alike
+        for p in model.parameters():
+            if p.dim() >= 2:
+                p.mul_(10)
+    return model
+
+
+@pytest.fixture(params=[False, True], ids=["plain", "sink"])
+def model(request):
+    return tiny_model(sink=request.param)

@@ -1,0 +1,88 @@
+"""Invariants of the network: traces observe only, the sink is as specified, the seams are exact."""
+import torch
+from hypothesis import given, strategies as st
+
+from conftest import VOCAB, tiny_model
+from minidlm.sampler import padding_bias
+
+
+class FullKVCache:
+    """The simplest cache: K/V for every position, written at the rows' positions."""
+
+    def __init__(self, n_layer, B, H, L, D):
+        self.k = torch.zeros(n_layer, B, H, L, D, dtype=torch.float64)
+        self.v = torch.zeros_like(self.k)
+        self.rows = None
+        self.num_keys = L
+
+    def update(self, layer, k, v):
+        self.k[layer][:, :, self.rows] = k
+        self.v[layer][:, :, self.rows] = v
+        return self.k[layer], self.v[layer]
+
+
+def tokens(B, T, seed):
+    return torch.randint(0, VOCAB - 3, (B, T), generator=torch.Generator().manual_seed(seed))
+
+
+@given(sink=st.booleans(), B=st.integers(1, 3), T=st.integers(1, 20), seed=st.integers(0, 99))
+def test_trace_changes_no_logit(sink, B, T, seed):
+    model = tiny_model(sink=sink)
+    x = tokens(B, T, seed)
+    logits, trace = model(x, trace=True)
+    assert torch.equal(model(x), logits)
+    S = int(sink)
+    assert len(trace.attn) == model.cfg.n_layer
+    assert trace.attn[0].shape == (B, 2, S + T, S + T) and trace.hidden[0].shape == (B, T, 16)
+    assert torch.allclose(trace.attn[0].sum(-1), torch.ones(()).double())
+
+
+@given(T=st.integers(1, 20), seed=st.integers(0, 99))
+def test_sink_row_sees_only_itself_and_every_row_sees_the_sink(T, seed):
+    model = tiny_model(sink=True)
+    _, trace = model(tokens(2, T, seed), trace=True)
+    for attn in trace.attn:
+        assert torch.all(attn[:, :, 0, 0] == 1) and torch.all(attn[:, :, 0, 1:] == 0)
+        assert torch.all(attn[:, :, 1:, 0] > 0)
+
+
+@given(seed=st.integers(0, 99))
+def test_sink_state_is_the_same_for_every_input(seed):
+    model = tiny_model(sink=True)
+    _, a = model(tokens(1, 7, seed), trace=True)
+    _, b = model(tokens(1, 12, seed + 1), trace=True)
+    for va, vb in zip(a.values, b.values):
+        assert torch.allclose(va[:, :, 0], vb[:, :, 0])
+
+
+@given(sink=st.booleans(), T=st.integers(2, 20), seed=st.integers(0, 99), data=st.data())
+def test_subset_of_queries_against_a_kv_cache_matches_the_full_forward(sink, T, seed, data):
+    model = tiny_model(sink=sink)
+    x = tokens(2, T, seed)
+    full = model(x)
+    cache = FullKVCache(model.cfg.n_layer, 2, 2, T, 8)
+    cache.rows = torch.arange(T)
+    model(x, cache=cache)  # fills the cache
+    rows = torch.tensor(sorted(data.draw(st.sets(st.integers(0, T - 1), min_size=1))))
+    cache.rows = rows
+    part = model(x[:, rows], positions=rows, cache=cache)
+    assert torch.allclose(part, full[:, rows], atol=1e-10)
+
+
+@given(sink=st.booleans(), T=st.integers(1, 15), pad=st.integers(1, 5), seed=st.integers(0, 99))
+def test_padding_through_the_bias_seam_is_invisible(sink, T, pad, seed):
+    model = tiny_model(sink=sink)
+    x = tokens(1, T, seed)
+    padded = torch.cat([torch.zeros(1, pad, dtype=torch.long), x], dim=1)
+    positions = torch.arange(T + pad) - pad
+    bias = padding_bias(torch.tensor([pad]), T + pad, torch.float64)
+    out = model(padded, positions=positions, attn_bias=bias)[:, pad:]
+    assert torch.allclose(out, model(x), atol=1e-10)
+
+
+def test_per_layer_bias_list_matches_a_single_bias():
+    model = tiny_model()
+    x = tokens(1, 6, 0)
+    bias = torch.randn(1, 1, 6, 6, dtype=torch.float64)
+    assert torch.equal(model(x, attn_bias=bias), model(x, attn_bias=[bias, bias]))
+    assert not torch.allclose(model(x, attn_bias=[bias, None]), model(x, attn_bias=bias))
