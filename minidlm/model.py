@@ -11,8 +11,9 @@ diffusion.py). Notable choices, after LLaDA (arXiv 2502.09992) and nanochat:
 
 The forward has two general seams that the samplers and analyses build on:
 - `cache`: an object with `update(layer, k, v) -> (K, V)`. The forward then runs only the given
-  query rows (at their true `positions`) against the keys/values the cache returns. The model
-  knows nothing about when a cache refreshes: that is the cache's business (sampler.py).
+  query rows (at their true `positions`) against the keys/values the cache returns, the sink's
+  constant K/V (`sink_kv`, computed once) included. The model knows nothing about when a cache
+  refreshes: that is the cache's business (cache.py).
 - `attn_bias`: an additive term on the pre-softmax attention logits over content keys, either one
   tensor for every layer or a list with one entry (or None) per layer. Padding and CoTA's distance
   gain (log G_ij, arXiv 2601.20520) both arrive through it.
@@ -44,7 +45,8 @@ class ModelConfig:
 
 @dataclass
 class Trace:
-    """What one forward saw, per layer. With a sink, S = 1 and row/column 0 is the sink."""
+    """What one forward saw, per layer. With a sink, S = 1 and key 0 is the sink; query row 0 is
+    the sink too, except on cached forwards (the cache holds the sink's K/V, no sink query)."""
     attn: list = field(default_factory=list)    # (B, H, S + Tq, S + Tk) softmax weights
     values: list = field(default_factory=list)  # (B, H, S + Tk, head_dim) value vectors
     hidden: list = field(default_factory=list)  # (B, Tq, d) content residual stream after the layer
@@ -145,47 +147,68 @@ class DiffusionLM(nn.Module):
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    def attention_mask(self, attn_bias, tq, tk, dtype, device):
-        """Additive mask over [sink?; content] keys, or None when every score is allowed."""
+    def attention_mask(self, attn_bias, tq, tk, sink_row, dtype, device):
+        """Additive mask over [sink?; content] keys, or None when every score is allowed.
+
+        With a sink, key 0 is the sink; `sink_row` says whether query row 0 is the sink itself."""
         if not self.cfg.sink:
             return None if attn_bias is None else attn_bias.to(dtype)
-        mask = torch.zeros(1, 1, tq + 1, tk + 1, dtype=dtype, device=device)
-        mask[..., 0, 1:] = float("-inf")  # the sink's row sees only itself
-        if attn_bias is not None:         # content rows: bias on content keys, 0 on the sink key
+        s = int(sink_row)
+        mask = torch.zeros(1, 1, s + tq, 1 + tk, dtype=dtype, device=device)
+        if sink_row:
+            mask[..., 0, 1:] = float("-inf")  # the sink's row sees only itself
+        if attn_bias is not None:             # content rows: bias on content keys, 0 on the sink key
             bias = attn_bias.to(dtype).expand(*attn_bias.shape[:2], tq, tk)
-            mask = mask + F.pad(bias, (1, 0, 1, 0))
+            mask = mask + F.pad(bias, (1, 0, s, 0))
         return mask
+
+    def embed_rows(self, idx, positions=None):
+        """Token embeddings (B, T, d) and RoPE angles of content rows at their true positions.
+
+        With a sink, content positions are shifted by one: the sink sits at RoPE position 0."""
+        B, T = idx.shape
+        if positions is None:
+            positions = torch.arange(T, device=idx.device)
+        positions = positions.expand(B, T) + int(self.cfg.sink)
+        return self.embed(idx), rope_angles(positions, self.cfg.d_model // self.cfg.n_head,
+                                            self.cfg.rope_base)
+
+    @torch.no_grad()
+    def sink_kv(self):
+        """Per layer, the sink's (k, v), each (1, H, 1, head_dim). Its row sees only itself and its
+        input is constant, so these never change: caches compute them once."""
+        rope = rope_angles(torch.zeros(1, 1, dtype=torch.long, device=self.sink_embed.device),
+                           self.cfg.d_model // self.cfg.n_head, self.cfg.rope_base)
+        x, kvs = self.sink_embed, []
+        for block in self.blocks:
+            x = block(x, rope, None, kv_update=lambda k, v: kvs.append((k, v)) or (k, v))
+        return kvs
 
     def forward(self, idx, positions=None, cache=None, attn_bias=None, trace=False):
         """Logits (B, T, V) for the query rows `idx` (B, T), optionally with a Trace.
 
         positions: (B, T) or (T,) true content positions of the rows (default 0..T-1).
-        cache: None (keys = these rows) or an object with update(layer, k, v) -> (K, V).
+        cache: None (keys = these rows, plus the sink row) or an object with
+            update(layer, k, v) -> (K, V) and num_keys; its K/V include the sink's at index 0.
         attn_bias: (B|1, H|1, T, Tk) additive logits over content keys, or a per-layer list.
         """
         B, T = idx.shape
-        if positions is None:
-            positions = torch.arange(T, device=idx.device)
-        positions = positions.expand(B, T)
-        x = self.embed(idx)
-        if self.cfg.sink:  # [SINK] at RoPE position 0, content shifted to 1..L
+        x, rope = self.embed_rows(idx, positions)
+        sink_row = self.cfg.sink and cache is None
+        if sink_row:  # prepend [SINK] as a query row at RoPE position 0
             x = torch.cat([self.sink_embed.expand(B, 1, -1), x], dim=1)
-            positions = F.pad(positions + 1, (1, 0))
-        rope = rope_angles(positions, self.cfg.d_model // self.cfg.n_head, self.cfg.rope_base)
+            cos, sin = rope  # position 0: angle 0, so cos 1 and sin 0
+            rope = (F.pad(cos, (0, 0, 1, 0), value=1.0), F.pad(sin, (0, 0, 1, 0), value=0.0))
         per_layer = attn_bias if isinstance(attn_bias, (list, tuple)) else [attn_bias] * len(self.blocks)
         tr = Trace() if trace else None
-        s = 1 if self.cfg.sink else 0
-        tk = T if cache is None else cache.num_keys
+        s = int(sink_row)
+        tk = T if cache is None else cache.num_keys - int(self.cfg.sink)
         masks = {}  # one additive mask per distinct bias, built once per forward
         for i, block in enumerate(self.blocks):
-            kv_update = None
-            if cache is not None:  # the cache holds content keys; the sink's are fresh each call
-                def kv_update(k, v, i=i):
-                    K, V = cache.update(i, k[:, :, s:], v[:, :, s:])
-                    return torch.cat([k[:, :, :s], K], 2), torch.cat([v[:, :, :s], V], 2)
+            kv_update = None if cache is None else (lambda k, v, i=i: cache.update(i, k, v))
             bias = per_layer[i]
             if id(bias) not in masks:
-                masks[id(bias)] = self.attention_mask(bias, T, tk, x.dtype, x.device)
+                masks[id(bias)] = self.attention_mask(bias, T, tk, sink_row, x.dtype, x.device)
             x = block(x, rope, masks[id(bias)], kv_update, tr)
             if tr is not None:
                 tr.hidden.append(x[:, s:])

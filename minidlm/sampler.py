@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .cache import CACHES
+
 
 @dataclass
 class SamplerConfig:
@@ -29,6 +31,10 @@ class SamplerConfig:
     block_length: int = 32
     temperature: float = 0.0
     remasking: str = "low_confidence"  # or "random"
+    cache: str = "none"                # none, prefix, dual or feature (cache.py)
+    cache_kp: int = 25                 # feature cache: prompt refresh interval K_p
+    cache_kr: int = 7                  # feature cache: response refresh interval K_r
+    cache_rho: float = 0.25            # feature cache: fraction of response rows refreshed
 
     def validate(self, max_prompt_len: int, max_seq_len: int):
         """Raise ValueError with one clear sentence for an impossible setting."""
@@ -48,6 +54,10 @@ class SamplerConfig:
             raise ValueError(f"temperature must be >= 0, got {self.temperature}")
         if self.remasking not in ("low_confidence", "random"):
             raise ValueError(f"remasking must be 'low_confidence' or 'random', got {self.remasking!r}")
+        if self.cache not in CACHES:
+            raise ValueError(f"cache must be one of {', '.join(CACHES)}, got {self.cache!r}")
+        if self.cache_kp < 1 or self.cache_kr < 1 or not 0 <= self.cache_rho <= 1:
+            raise ValueError("cache K_p and K_r must be >= 1 and rho within [0, 1]")
         if max_prompt_len + self.gen_length > max_seq_len:
             raise ValueError(f"prompt ({max_prompt_len} tokens) + gen length ({self.gen_length}) "
                              f"exceeds the model's context of {max_seq_len} tokens")
@@ -103,11 +113,12 @@ def commit(x, logits, eligible, k: int, cfg: SamplerConfig, generator, mask_id: 
 
 @torch.no_grad()
 def generate(model, prompts, mask_id: int, pad_id: int, cfg: SamplerConfig, seed: int = 0,
-             on_step=None):
+             on_step=None, stats=None):
     """Sample responses for a batch of prompts (lists of ids). Returns (B, gen_length) ids.
 
     on_step(step, x) is called after every step with the whole (B, P + gen_length) canvas; it is
-    for displays and probes, and is the only place that may sync with the host."""
+    for displays and probes, and is the only place that may sync with the host.
+    stats, if a dict, receives the work done: rows computed per layer and the number of steps."""
     device = next(model.parameters()).device
     cfg.validate(max(len(p) for p in prompts), model.cfg.max_seq_len)
     generator = torch.Generator(device=device).manual_seed(seed)
@@ -116,17 +127,19 @@ def generate(model, prompts, mask_id: int, pad_id: int, cfg: SamplerConfig, seed
     x = torch.cat([prompt_ids, torch.full((B, cfg.gen_length), mask_id, device=device)], dim=1)
     positions = torch.arange(x.shape[1], device=device) - n_pad[:, None]
     bias = padding_bias(n_pad, x.shape[1]) if bool((n_pad > 0).any()) else None
-    cols = torch.arange(x.shape[1], device=device)
+    cache = CACHES[cfg.cache](model, x, positions, lambda rows: bias, P, cfg)
     num_blocks = cfg.gen_length // cfg.block_length
     steps_per_block = cfg.steps // num_blocks
     step = 0
     for b in range(num_blocks):
-        lo = P + b * cfg.block_length
-        in_block = (cols >= lo) & (cols < lo + cfg.block_length)
-        for k in transfer_schedule(cfg.block_length, steps_per_block):
-            logits = model(x, positions=positions, attn_bias=bias)
-            commit(x, logits, in_block & (x == mask_id), k, cfg, generator, mask_id)
+        lo, hi = P + b * cfg.block_length, P + (b + 1) * cfg.block_length
+        for j, k in enumerate(transfer_schedule(cfg.block_length, steps_per_block)):
+            logits = cache.logits(x, lo, hi, block_start=j == 0)
+            block = x[:, lo:hi]  # a view: commit writes through it into x
+            commit(block, logits, block == mask_id, k, cfg, generator, mask_id)
             step += 1
             if on_step is not None:
                 on_step(step, x)
+    if stats is not None:
+        stats.update(rows_per_layer=cache.rows_computed, steps=step)
     return x[:, P:]

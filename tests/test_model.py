@@ -3,22 +3,8 @@ import torch
 from hypothesis import given, strategies as st
 
 from conftest import VOCAB, tiny_model
+from minidlm.cache import KVBuffer
 from minidlm.sampler import padding_bias
-
-
-class FullKVCache:
-    """The simplest cache: K/V for every position, written at the rows' positions."""
-
-    def __init__(self, n_layer, B, H, L, D):
-        self.k = torch.zeros(n_layer, B, H, L, D, dtype=torch.float64)
-        self.v = torch.zeros_like(self.k)
-        self.rows = None
-        self.num_keys = L
-
-    def update(self, layer, k, v):
-        self.k[layer][:, :, self.rows] = k
-        self.v[layer][:, :, self.rows] = v
-        return self.k[layer], self.v[layer]
 
 
 def tokens(B, T, seed):
@@ -60,11 +46,11 @@ def test_subset_of_queries_against_a_kv_cache_matches_the_full_forward(sink, T, 
     model = tiny_model(sink=sink)
     x = tokens(2, T, seed)
     full = model(x)
-    cache = FullKVCache(model.cfg.n_layer, 2, 2, T, 8)
-    cache.rows = torch.arange(T)
-    model(x, cache=cache)  # fills the cache
+    cache = KVBuffer(model, 2, T, torch.float64, "cpu")  # holds the sink's K/V when there is one
+    cache.rows = torch.arange(T).expand(2, T)
+    assert torch.allclose(model(x, cache=cache), full, atol=1e-10)  # and fills the cache
     rows = torch.tensor(sorted(data.draw(st.sets(st.integers(0, T - 1), min_size=1))))
-    cache.rows = rows
+    cache.rows = rows.expand(2, -1)
     part = model(x[:, rows], positions=rows, cache=cache)
     assert torch.allclose(part, full[:, rows], atol=1e-10)
 

@@ -1,0 +1,169 @@
+"""Caches for the reverse process: how much of the model each denoising step recomputes.
+
+A diffusion LM re-runs the whole network at every step. Caches reuse work across steps; all are
+approximations except when they refresh at every step, where each must give exactly the tokens
+of the uncached sampler. Each is a small object with one method, `logits(x, lo, hi, block_start)`,
+returning the logits of the current block's columns; the model never knows which one is in use.
+
+- NoCache: the full forward at every step (LLaDA).
+- PrefixCache (Fast-dLLM, arXiv 2505.22618): at each block's first step a full forward stores
+  K/V of every position; later steps recompute the current block AND the masked suffix against
+  the cached prefix (prompt + finished blocks).
+- DualCache (Fast-dLLM): as above, but later steps recompute only the current block (a fixed
+  `block_length` of queries); the suffix's K/V stay as they were at the block's start.
+- FeatureCache (dLLM-Cache, arXiv 2506.06295): per layer it keeps K, V, the attention output and
+  the FFN output of every row. With a step counter s, prompt rows are recomputed when
+  (s - 1) % K_p == 0 and response rows when (s - 1) % K_r == 0. On other steps each layer takes
+  the fresh V projection of the response rows, and recomputes attention and FFN only for the
+  int(rho * gen_length) rows whose V is least similar (cosine) to the cached V; every other row
+  reuses its cached outputs. Reusing RESPONSE features is what causes the Repeat Curse
+  (arXiv 2601.20520).
+
+CUDA-friendly: buffers are allocated once per `generate` call and written through index tensors
+(`scatter_`); the number of rows per step is a Python int fixed by the step's kind, so shapes are
+static; nothing here syncs with the host. `rows_computed[layer]` counts the rows that went through
+attention and FFN, so the work saved is visible, not only the time.
+"""
+import torch
+import torch.nn.functional as F
+
+
+class KVBuffer:
+    """Preallocated K/V of [sink?; every position] for every layer, written at `rows`.
+
+    This is the object the model's `cache` seam talks to: `update(layer, k, v)` writes the fresh
+    keys/values of the current query rows, then returns the whole buffer to attend to."""
+
+    def __init__(self, model, batch: int, length: int, dtype, device):
+        cfg = model.cfg
+        self.sink = int(cfg.sink)
+        shape = (cfg.n_layer, batch, cfg.n_head, self.sink + length, cfg.d_model // cfg.n_head)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        if self.sink:  # the sink's K/V are the same for every input and step: computed once
+            for layer, (k, v) in enumerate(model.sink_kv()):
+                self.k[layer, :, :, :1] = k
+                self.v[layer, :, :, :1] = v
+        self.num_keys = self.sink + length
+        self.rows = None  # (B, R) content positions of the current query rows
+
+    def update(self, layer: int, k, v):
+        index = (self.rows + self.sink)[:, None, :, None].expand_as(k)
+        self.k[layer].scatter_(2, index, k)
+        self.v[layer].scatter_(2, index, v)
+        return self.k[layer], self.v[layer]
+
+
+class NoCache:
+    """The reference: the whole sequence through the whole model at every step."""
+
+    def __init__(self, model, x, positions, bias_for, prompt_len, cfg):
+        self.model, self.positions, self.bias_for = model, positions, bias_for
+        self.batch, self.length = x.shape
+        self.rows_computed = [0] * model.cfg.n_layer
+
+    def count(self, rows: int):
+        self.rows_computed = [n + self.batch * rows for n in self.rows_computed]
+
+    def full_forward(self, x, cache=None):
+        self.count(self.length)
+        return self.model(x, positions=self.positions, cache=cache, attn_bias=self.bias_for(None))
+
+    def logits(self, x, lo, hi, block_start):
+        return self.full_forward(x)[:, lo:hi]
+
+
+class PrefixCache(NoCache):
+    """Fast-dLLM prefix cache: refresh all K/V at a block's start, then run block + suffix."""
+
+    def __init__(self, model, x, positions, bias_for, prompt_len, cfg):
+        super().__init__(model, x, positions, bias_for, prompt_len, cfg)
+        self.kv = KVBuffer(model, self.batch, self.length, next(model.parameters()).dtype, x.device)
+        self.all_rows = torch.arange(self.length, device=x.device).expand(self.batch, -1)
+
+    def query_span(self, lo, hi):
+        return lo, self.length
+
+    def logits(self, x, lo, hi, block_start):
+        if block_start:
+            self.kv.rows = self.all_rows
+            return self.full_forward(x, self.kv)[:, lo:hi]
+        start, end = self.query_span(lo, hi)
+        self.kv.rows = self.all_rows[:, start:end]
+        self.count(end - start)
+        out = self.model(x[:, start:end], positions=self.positions[:, start:end], cache=self.kv,
+                         attn_bias=self.bias_for(self.kv.rows))
+        return out[:, lo - start:hi - start]
+
+
+class DualCache(PrefixCache):
+    """Fast-dLLM dual cache: after the block's first step, only the block's rows are run."""
+
+    def query_span(self, lo, hi):
+        return lo, hi
+
+
+class FeatureCache(NoCache):
+    """dLLM-Cache: per-layer K/V, attention and FFN outputs, refreshed every K_p / K_r steps."""
+
+    def __init__(self, model, x, positions, bias_for, prompt_len, cfg):
+        super().__init__(model, x, positions, bias_for, prompt_len, cfg)
+        dtype, device = next(model.parameters()).dtype, x.device
+        n_layer, d = model.cfg.n_layer, model.cfg.d_model
+        self.kv = KVBuffer(model, self.batch, self.length, dtype, device)
+        self.attn_out = torch.zeros(n_layer, self.batch, self.length, d, dtype=dtype, device=device)
+        self.ffn_out = torch.zeros_like(self.attn_out)
+        self.prompt_len, self.step = prompt_len, 0
+        self.K_p, self.K_r = cfg.cache_kp, cfg.cache_kr
+        self.n_partial = int(cfg.cache_rho * (self.length - prompt_len))  # rows per partial layer
+        rows = torch.arange(self.length, device=device).expand(self.batch, -1)
+        self.prompt_rows, self.response_rows = rows[:, :prompt_len], rows[:, prompt_len:]
+
+    def logits(self, x, lo, hi, block_start):
+        self.step += 1
+        refresh_prompt = (self.step - 1) % self.K_p == 0
+        refresh_response = (self.step - 1) % self.K_r == 0
+        parts = ([self.prompt_rows] if refresh_prompt else []) + \
+                ([self.response_rows] if refresh_response else [])
+        fixed = torch.cat(parts, dim=1) if parts else self.prompt_rows[:, :0]
+        partial = self.n_partial > 0 and not refresh_response
+        h, (cos, sin) = self.model.embed_rows(x, self.positions)
+        for layer, block in enumerate(self.model.blocks):
+            rows = fixed
+            if partial:
+                rows = torch.cat([fixed, self.least_similar_rows(layer, block, h)], dim=1)
+            if rows.shape[1]:
+                h = self.run_rows(layer, block, h, rows, cos, sin)
+            else:  # nothing to refresh in this layer: reuse both outputs for every row
+                h = h + self.attn_out[layer] + self.ffn_out[layer]
+        return self.model.head(self.model.norm(h[:, lo:hi]))
+
+    def least_similar_rows(self, layer, block, h):
+        """The n_partial response rows whose fresh V is least similar to the cached V."""
+        P, H = self.prompt_len, self.model.cfg.n_head
+        w_v = block.attn.wqkv.weight[2 * self.model.cfg.d_model:]  # the V projection only
+        fresh = F.linear(block.norm1(h[:, P:]), w_v)                  # (B, G, d)
+        cached = self.kv.v[layer][:, :, self.kv.sink + P:].transpose(1, 2).flatten(2)
+        similarity = F.cosine_similarity(fresh, cached, dim=-1)      # (B, G)
+        return similarity.topk(self.n_partial, dim=-1, largest=False).indices + P
+
+    def run_rows(self, layer, block, h, rows, cos, sin):
+        """Recompute attention and FFN for `rows` (B, R); reuse the cached outputs elsewhere."""
+        R, d = rows.shape[1], h.shape[-1]
+        index = rows[:, :, None].expand(-1, -1, d)
+        rope_index = rows[:, None, :, None].expand(-1, 1, -1, cos.shape[-1])
+        rope = (cos.gather(2, rope_index), sin.gather(2, rope_index))
+        bias = self.bias_for(rows)
+        layer_bias = bias[layer] if isinstance(bias, (list, tuple)) else bias
+        mask = self.model.attention_mask(layer_bias, R, self.length, False, h.dtype, h.device)
+        self.kv.rows = rows
+        attn = block.attn(block.norm1(h.gather(1, index)), rope, mask,
+                          kv_update=lambda k, v: self.kv.update(layer, k, v))
+        self.attn_out[layer].scatter_(1, index, attn)
+        h = h + self.attn_out[layer]
+        self.ffn_out[layer].scatter_(1, index, block.mlp(block.norm2(h.gather(1, index))))
+        self.rows_computed[layer] += self.batch * R
+        return h + self.ffn_out[layer]
+
+
+CACHES = {"none": NoCache, "prefix": PrefixCache, "dual": DualCache, "feature": FeatureCache}

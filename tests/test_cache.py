@@ -1,0 +1,65 @@
+"""Every cache, refreshed at every step, gives exactly the uncached tokens; otherwise it saves rows."""
+import pytest
+import torch
+from hypothesis import given, strategies as st
+
+from conftest import MASK_ID, PAD_ID, VOCAB, tiny_model
+from minidlm.sampler import SamplerConfig, generate
+
+MODELS = {sink: tiny_model(sink=sink, n_layer=3) for sink in (False, True)}
+prompts_strategy = st.lists(st.lists(st.integers(0, VOCAB - 4), min_size=1, max_size=8),
+                            min_size=1, max_size=3)
+
+
+def run(prompts, sink, **kwargs):
+    stats = {}
+    out = generate(MODELS[sink], prompts, MASK_ID, PAD_ID, SamplerConfig(**kwargs), stats=stats)
+    return out, stats["rows_per_layer"]
+
+
+@given(prompts=prompts_strategy, sink=st.booleans(), blocks=st.integers(1, 4), block=st.integers(1, 6),
+       cache=st.sampled_from(["prefix", "dual"]))
+def test_prefix_and_dual_with_one_step_per_block_equal_no_cache(prompts, sink, blocks, block, cache):
+    kw = dict(gen_length=blocks * block, block_length=block, steps=blocks)
+    assert torch.equal(run(prompts, sink, cache=cache, **kw)[0], run(prompts, sink, **kw)[0])
+
+
+@given(prompts=prompts_strategy, sink=st.booleans(), blocks=st.integers(1, 3), block=st.integers(1, 6),
+       data=st.data())
+def test_feature_cache_refreshed_every_step_equals_no_cache(prompts, sink, blocks, block, data):
+    spb = data.draw(st.integers(1, block))
+    kw = dict(gen_length=blocks * block, block_length=block, steps=blocks * spb)
+    every_step = data.draw(st.sampled_from([dict(cache_kp=1, cache_kr=1, cache_rho=data.draw(st.floats(0, 1))),
+                                            dict(cache_kp=1, cache_kr=data.draw(st.integers(2, 9)), cache_rho=1.0)]))
+    assert torch.equal(run(prompts, sink, cache="feature", **every_step, **kw)[0], run(prompts, sink, **kw)[0])
+
+
+@given(prompts=prompts_strategy, row=st.integers(0, 2), sink=st.booleans(),
+       cache=st.sampled_from(["prefix", "dual", "feature"]))
+def test_batch_rows_are_independent_with_every_cache(prompts, row, sink, cache):
+    row = row % len(prompts)
+    kw = dict(gen_length=8, block_length=4, steps=8, cache=cache, cache_kr=3)
+    assert torch.equal(run(prompts, sink, **kw)[0][row], run([prompts[row]], sink, **kw)[0][0])
+
+
+def test_rows_computed_show_the_saved_work():
+    prompts, kw = [[1, 2, 3, 4]], dict(gen_length=16, block_length=8, steps=16)
+    L, n = 4 + 16, 16
+    rows = {c: run(prompts, False, cache=c, **kw)[1] for c in ["none", "prefix", "dual", "feature"]}
+    assert rows["none"] == [n * L] * 3
+    assert rows["dual"] == [2 * L + 14 * 8] * 3                  # 2 block starts, 14 block-only steps
+    assert rows["prefix"] == [2 * L + 7 * (L - 4) + 7 * (L - 12)] * 3
+    # feature, K_p 25, K_r 7, rho 0.25: steps 1, 8, 15 refresh the response; step 1 the prompt too
+    assert rows["feature"] == [L + 2 * 16 + 13 * int(0.25 * 16)] * 3
+
+
+@pytest.mark.parametrize("cache", ["prefix", "dual", "feature"])
+def test_caches_keep_the_sampler_invariants(cache):
+    frames = []
+    generate(MODELS[True], [[1, 2], [3, 4, 5, 6]], MASK_ID, PAD_ID,
+             SamplerConfig(gen_length=12, block_length=6, steps=6, cache=cache, cache_kr=2),
+             on_step=lambda s, x: frames.append(x.clone()))
+    for before, after in zip(frames, frames[1:]):
+        assert torch.equal(after[before != MASK_ID], before[before != MASK_ID])
+        assert torch.all(((before == MASK_ID) & (after != MASK_ID)).sum(1) == 2)
+    assert not (frames[-1] == MASK_ID).any()
