@@ -19,6 +19,10 @@ returning the logits of the current block's columns; the model never knows which
   reuses its cached outputs. Reusing RESPONSE features is what causes the Repeat Curse
   (arXiv 2601.20520).
 
+For CoTA's CTEV a cache also keeps, in `hidden`, the residual stream after each layer in
+`keep_hidden` for EVERY canvas position: the states the model actually used at this step, stale
+ones included (for rows a cache did not recompute, their last computed state).
+
 CUDA-friendly: buffers are allocated once per `generate` call and written through index tensors
 (`scatter_`); the number of rows per step is a Python int fixed by the step's kind, so shapes are
 static; nothing here syncs with the host. `rows_computed[layer]` counts the rows that went through
@@ -26,6 +30,8 @@ attention and FFN, so the work saved is visible, not only the time.
 """
 import torch
 import torch.nn.functional as F
+
+from .model import Trace
 
 
 class KVBuffer:
@@ -57,17 +63,33 @@ class KVBuffer:
 class NoCache:
     """The reference: the whole sequence through the whole model at every step."""
 
-    def __init__(self, model, x, positions, bias_for, prompt_len, cfg):
+    def __init__(self, model, x, positions, bias_for, prompt_len, cfg, keep_hidden=()):
         self.model, self.positions, self.bias_for = model, positions, bias_for
         self.batch, self.length = x.shape
         self.rows_computed = [0] * model.cfg.n_layer
+        self.keep_hidden = list(keep_hidden)
+        dtype = next(model.parameters()).dtype
+        self.hidden = [torch.zeros(self.batch, self.length, model.cfg.d_model, dtype=dtype,
+                                   device=x.device) for _ in self.keep_hidden]
 
     def count(self, rows: int):
         self.rows_computed = [n + self.batch * rows for n in self.rows_computed]
 
+    def forward_rows(self, x, start: int, end: int, cache=None):
+        """Run canvas columns start..end-1 as queries; record the kept hidden states."""
+        self.count(end - start)
+        rows = None if (start, end) == (0, self.length) else cache.rows
+        trace = Trace(attention=False) if self.keep_hidden else None
+        out = self.model(x[:, start:end], positions=self.positions[:, start:end], cache=cache,
+                         attn_bias=self.bias_for(rows), trace=trace)
+        if trace is None:
+            return out
+        for buffer, layer in zip(self.hidden, self.keep_hidden):
+            buffer[:, start:end] = trace.hidden[layer]
+        return out[0]
+
     def full_forward(self, x, cache=None):
-        self.count(self.length)
-        return self.model(x, positions=self.positions, cache=cache, attn_bias=self.bias_for(None))
+        return self.forward_rows(x, 0, self.length, cache)
 
     def logits(self, x, lo, hi, block_start):
         return self.full_forward(x)[:, lo:hi]
@@ -76,8 +98,8 @@ class NoCache:
 class PrefixCache(NoCache):
     """Fast-dLLM prefix cache: refresh all K/V at a block's start, then run block + suffix."""
 
-    def __init__(self, model, x, positions, bias_for, prompt_len, cfg):
-        super().__init__(model, x, positions, bias_for, prompt_len, cfg)
+    def __init__(self, model, x, positions, bias_for, prompt_len, cfg, keep_hidden=()):
+        super().__init__(model, x, positions, bias_for, prompt_len, cfg, keep_hidden)
         self.kv = KVBuffer(model, self.batch, self.length, next(model.parameters()).dtype, x.device)
         self.all_rows = torch.arange(self.length, device=x.device).expand(self.batch, -1)
 
@@ -90,10 +112,7 @@ class PrefixCache(NoCache):
             return self.full_forward(x, self.kv)[:, lo:hi]
         start, end = self.query_span(lo, hi)
         self.kv.rows = self.all_rows[:, start:end]
-        self.count(end - start)
-        out = self.model(x[:, start:end], positions=self.positions[:, start:end], cache=self.kv,
-                         attn_bias=self.bias_for(self.kv.rows))
-        return out[:, lo - start:hi - start]
+        return self.forward_rows(x, start, end, self.kv)[:, lo - start:hi - start]
 
 
 class DualCache(PrefixCache):
@@ -106,8 +125,8 @@ class DualCache(PrefixCache):
 class FeatureCache(NoCache):
     """dLLM-Cache: per-layer K/V, attention and FFN outputs, refreshed every K_p / K_r steps."""
 
-    def __init__(self, model, x, positions, bias_for, prompt_len, cfg):
-        super().__init__(model, x, positions, bias_for, prompt_len, cfg)
+    def __init__(self, model, x, positions, bias_for, prompt_len, cfg, keep_hidden=()):
+        super().__init__(model, x, positions, bias_for, prompt_len, cfg, keep_hidden)
         dtype, device = next(model.parameters()).dtype, x.device
         n_layer, d = model.cfg.n_layer, model.cfg.d_model
         self.kv = KVBuffer(model, self.batch, self.length, dtype, device)
@@ -136,6 +155,8 @@ class FeatureCache(NoCache):
                 h = self.run_rows(layer, block, h, rows, cos, sin)
             else:  # nothing to refresh in this layer: reuse both outputs for every row
                 h = h + self.attn_out[layer] + self.ffn_out[layer]
+            if layer in self.keep_hidden:
+                self.hidden[self.keep_hidden.index(layer)] = h
         return self.model.head(self.model.norm(h[:, lo:hi]))
 
     def least_similar_rows(self, layer, block, h):

@@ -50,6 +50,7 @@ class Trace:
     attn: list = field(default_factory=list)    # (B, H, S + Tq, S + Tk) softmax weights
     values: list = field(default_factory=list)  # (B, H, S + Tk, head_dim) value vectors
     hidden: list = field(default_factory=list)  # (B, Tq, d) content residual stream after the layer
+    attention: bool = True                      # False: keep hidden states only (cheaper)
 
 
 class RMSNorm(nn.Module):
@@ -92,7 +93,7 @@ class Attention(nn.Module):
         if kv_update is not None:
             k, v = kv_update(k, v)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        if trace is not None:  # weights recomputed beside the fast path; y is unchanged
+        if trace is not None and trace.attention:  # weights beside the fast path; y is unchanged
             logits = q @ k.transpose(-1, -2) / math.sqrt(self.head_dim)
             trace.attn.append(torch.softmax(logits if mask is None else logits + mask, dim=-1))
             trace.values.append(v)
@@ -185,7 +186,8 @@ class DiffusionLM(nn.Module):
         return kvs
 
     def forward(self, idx, positions=None, cache=None, attn_bias=None, trace=False):
-        """Logits (B, T, V) for the query rows `idx` (B, T), optionally with a Trace.
+        """Logits (B, T, V) for the query rows `idx` (B, T); with trace (True or a Trace to fill),
+        (logits, Trace).
 
         positions: (B, T) or (T,) true content positions of the rows (default 0..T-1).
         cache: None (keys = these rows, plus the sink row) or an object with
@@ -200,7 +202,7 @@ class DiffusionLM(nn.Module):
             cos, sin = rope  # position 0: angle 0, so cos 1 and sin 0
             rope = (F.pad(cos, (0, 0, 1, 0), value=1.0), F.pad(sin, (0, 0, 1, 0), value=0.0))
         per_layer = attn_bias if isinstance(attn_bias, (list, tuple)) else [attn_bias] * len(self.blocks)
-        tr = Trace() if trace else None
+        tr = trace if isinstance(trace, Trace) else (Trace() if trace else None)
         s = int(sink_row)
         tk = T if cache is None else cache.num_keys - int(self.cfg.sink)
         masks = {}  # one additive mask per distinct bias, built once per forward
@@ -213,7 +215,7 @@ class DiffusionLM(nn.Module):
             if tr is not None:
                 tr.hidden.append(x[:, s:])
         logits = self.head(self.norm(x[:, s:]))
-        return (logits, tr) if trace else logits
+        return (logits, tr) if tr is not None else logits
 
     def logit_lens(self, hidden):
         """Logits read off an intermediate residual stream (final norm + head)."""

@@ -16,12 +16,13 @@ start at 0 at its first real token, so a row's output does not depend on the oth
 Inside the step loop there is no host sync and no Python loop over rows: k is the same Python int
 for every row, so one batched `topk` commits exactly k tokens per row.
 """
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
 from .cache import CACHES
+from .cota import AttentionBias, CoTAConfig, ctev_penalty
 
 
 @dataclass
@@ -35,8 +36,9 @@ class SamplerConfig:
     cache_kp: int = 25                 # feature cache: prompt refresh interval K_p
     cache_kr: int = 7                  # feature cache: response refresh interval K_r
     cache_rho: float = 0.25            # feature cache: fraction of response rows refreshed
+    cota: CoTAConfig = field(default_factory=CoTAConfig)  # CTAE / CTEV (cota.py); off by default
 
-    def validate(self, max_prompt_len: int, max_seq_len: int):
+    def validate(self, max_prompt_len: int, max_seq_len: int, n_layer: int):
         """Raise ValueError with one clear sentence for an impossible setting."""
         if self.gen_length <= 0 or self.steps <= 0 or self.block_length <= 0:
             raise ValueError("gen length, steps and block length must be positive")
@@ -58,6 +60,7 @@ class SamplerConfig:
             raise ValueError(f"cache must be one of {', '.join(CACHES)}, got {self.cache!r}")
         if self.cache_kp < 1 or self.cache_kr < 1 or not 0 <= self.cache_rho <= 1:
             raise ValueError("cache K_p and K_r must be >= 1 and rho within [0, 1]")
+        self.cota.validate(n_layer)
         if max_prompt_len + self.gen_length > max_seq_len:
             raise ValueError(f"prompt ({max_prompt_len} tokens) + gen length ({self.gen_length}) "
                              f"exceeds the model's context of {max_seq_len} tokens")
@@ -95,9 +98,10 @@ def choose_tokens(logits, temperature: float, generator):
     return (logits.double() / temperature + gumbel).argmax(-1)
 
 
-def commit(x, logits, eligible, k: int, cfg: SamplerConfig, generator, mask_id: int):
+def commit(x, logits, eligible, k: int, cfg: SamplerConfig, generator, mask_id: int, penalty=None):
     """One denoising step: commit the k highest-scoring eligible positions of every row, in place.
 
+    score = confidence (or a uniform draw), minus CTEV's entropy penalty when one is given.
     Returns (x0_hat, scores); `scores` is what the ranking used, -inf off the eligible set."""
     logits[..., mask_id] = float("-inf")  # [MASK] is never a target, so never a prediction
     x0 = choose_tokens(logits, cfg.temperature, generator)
@@ -105,6 +109,8 @@ def commit(x, logits, eligible, k: int, cfg: SamplerConfig, generator, mask_id: 
         conf = F.softmax(logits.float(), dim=-1).gather(-1, x0.unsqueeze(-1)).squeeze(-1)
     else:
         conf = torch.rand(x.shape, generator=generator, device=x.device)
+    if penalty is not None:
+        conf = conf - penalty
     scores = conf.masked_fill(~eligible, float("-inf"))
     chosen = scores.topk(k, dim=-1).indices
     x.scatter_(1, chosen, x0.gather(1, chosen))
@@ -120,14 +126,16 @@ def generate(model, prompts, mask_id: int, pad_id: int, cfg: SamplerConfig, seed
     for displays and probes, and is the only place that may sync with the host.
     stats, if a dict, receives the work done: rows computed per layer and the number of steps."""
     device = next(model.parameters()).device
-    cfg.validate(max(len(p) for p in prompts), model.cfg.max_seq_len)
+    cfg.validate(max(len(p) for p in prompts), model.cfg.max_seq_len, model.cfg.n_layer)
     generator = torch.Generator(device=device).manual_seed(seed)
     prompt_ids, n_pad = pad_prompts(prompts, pad_id, device)
     B, P = prompt_ids.shape
     x = torch.cat([prompt_ids, torch.full((B, cfg.gen_length), mask_id, device=device)], dim=1)
     positions = torch.arange(x.shape[1], device=device) - n_pad[:, None]
-    bias = padding_bias(n_pad, x.shape[1]) if bool((n_pad > 0).any()) else None
-    cache = CACHES[cfg.cache](model, x, positions, lambda rows: bias, P, cfg)
+    pad = padding_bias(n_pad, x.shape[1]) if bool((n_pad > 0).any()) else None
+    bias_for = AttentionBias(pad, cfg.cota, model.cfg.n_layer, P, x.shape[1], device)
+    deep = cfg.cota.deep_layers(model.cfg.n_layer) if cfg.cota.ctev else []
+    cache = CACHES[cfg.cache](model, x, positions, bias_for, P, cfg, keep_hidden=deep)
     num_blocks = cfg.gen_length // cfg.block_length
     steps_per_block = cfg.steps // num_blocks
     step = 0
@@ -135,8 +143,12 @@ def generate(model, prompts, mask_id: int, pad_id: int, cfg: SamplerConfig, seed
         lo, hi = P + b * cfg.block_length, P + (b + 1) * cfg.block_length
         for j, k in enumerate(transfer_schedule(cfg.block_length, steps_per_block)):
             logits = cache.logits(x, lo, hi, block_start=j == 0)
+            penalty = None
+            if cfg.cota.ctev:
+                penalty = cfg.cota.ctev_lambda * ctev_penalty(model, cache.hidden, lo, hi,
+                                                              cfg.cota.ctev_window)
             block = x[:, lo:hi]  # a view: commit writes through it into x
-            commit(block, logits, block == mask_id, k, cfg, generator, mask_id)
+            commit(block, logits, block == mask_id, k, cfg, generator, mask_id, penalty)
             step += 1
             if on_step is not None:
                 on_step(step, x)

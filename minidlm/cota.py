@@ -1,0 +1,110 @@
+"""CoTA, "Context Tokens are Anchors" (Zhao et al., ICLR 2026, arXiv 2601.20520): CTAE + CTEV.
+
+CTAE, context-token attention enhancement. A distance gain between a response query at position
+i and a response key at position j,
+
+    G_ij = gamma + (1 - gamma) * exp(-((i - j) / tau)^2),        gamma in (0, 1],
+
+multiplies the attention weights of every selected layer and head. We add log G_ij to the
+pre-softmax logits, which is the same thing after renormalisation, and it arrives through the
+model's additive-bias seam, so it works identically in every sampler mode. i and j are TRUE
+canvas positions, also on partial (cached) forwards whose queries are a subset of rows.
+Prompt rows and prompt keys get no gain.
+
+CTEV, context-token entropy-guided voting. The logit-lens entropy of position j at layer l is
+E_l(j) = H(softmax(head(norm(h_l(j))))) / log V; the deep-layer entropy E(j) is its mean over the
+deep band (about the last 20 % of depth, before the final layer). Positions are committed by
+
+    score(i) = confidence(i) - lambda * mean_{j in C(i)} E(j),    C(i) = {i - w, ..., i + w},
+
+instead of confidence alone. With a cache, h_l are the hidden states the model actually used at
+this step, stale ones included: that is the point of the method.
+
+With gamma = 1 and lambda = 0 both terms vanish and sampling is unchanged (tested).
+Defaults are the paper's: tau = 5, gamma = 0.5, lambda = 0.75, w = 1.
+"""
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class CoTAConfig:
+    ctae: bool = False
+    ctae_tau: float = 5.0
+    ctae_gamma: float = 0.5
+    ctae_layers: tuple = ()       # layer indices; empty = every layer
+    ctev: bool = False
+    ctev_lambda: float = 0.75
+    ctev_window: int = 1
+    ctev_deep_fraction: float = 0.2
+
+    def validate(self, n_layer: int):
+        if not (0 < self.ctae_gamma <= 1) or not self.ctae_tau > 0:
+            raise ValueError("CTAE needs 0 < gamma <= 1 and tau > 0")
+        if any(not 0 <= l < n_layer for l in self.ctae_layers):
+            raise ValueError(f"CTAE layers must lie in 0..{n_layer - 1}")
+        if self.ctev_lambda < 0 or self.ctev_window < 0 or not 0 < self.ctev_deep_fraction <= 1:
+            raise ValueError("CTEV needs lambda >= 0, window >= 0 and 0 < deep fraction <= 1")
+
+    def deep_layers(self, n_layer: int) -> list:
+        """The deep band: the last ~fraction of layers before the final one (paper: 26-30 of 32)."""
+        k = max(1, round(self.ctev_deep_fraction * n_layer))
+        last = max(n_layer - 1, k)  # exclude the final layer when there is room
+        return list(range(last - k, last))
+
+
+def ctae_log_gain(q_pos, k_pos, response_start: int, tau: float, gamma: float):
+    """log G_ij (B, 1, R, L) for query positions (B, R) and key positions (L,); 0 off the response."""
+    dist = (q_pos[:, :, None] - k_pos[None, None, :]).float()
+    gain = torch.log(gamma + (1 - gamma) * torch.exp(-(dist / tau) ** 2))
+    both = (q_pos[:, :, None] >= response_start) & (k_pos[None, None, :] >= response_start)
+    return torch.where(both, gain, torch.zeros((), device=gain.device)).unsqueeze(1)
+
+
+class AttentionBias:
+    """bias_for(rows) for the caches: padding bias, plus CTAE's log-gain on the chosen layers.
+
+    rows: (B, R) canvas positions of the query rows, or None for every row."""
+
+    def __init__(self, pad_bias, cfg: CoTAConfig, n_layer: int, response_start: int, length: int,
+                 device):
+        self.pad, self.cfg, self.n_layer = pad_bias, cfg, n_layer
+        self.response_start = response_start
+        self.positions = torch.arange(length, device=device)
+        self.layers = set(cfg.ctae_layers or range(n_layer))
+
+    def __call__(self, rows):
+        if not self.cfg.ctae:
+            return self.pad
+        q = self.positions[None] if rows is None else rows
+        gain = ctae_log_gain(q, self.positions, self.response_start, self.cfg.ctae_tau,
+                             self.cfg.ctae_gamma)
+        biased = gain if self.pad is None else gain + self.pad
+        if len(self.layers) == self.n_layer:
+            return biased
+        return [biased if l in self.layers else self.pad for l in range(self.n_layer)]
+
+
+def lens_entropy(model, hidden):
+    """Normalised logit-lens entropy E(j) = H(softmax(head(norm(h_j)))) / log V, shape (B, T)."""
+    logp = F.log_softmax(model.logit_lens(hidden).float(), dim=-1)
+    return -(logp.exp() * logp).sum(-1) / math.log(logp.shape[-1])
+
+
+def ctev_penalty(model, deep_hidden, lo: int, hi: int, window: int):
+    """mean over j in C(i) of the deep-layer entropy, for the block's columns lo..hi-1: (B, hi-lo).
+
+    deep_hidden: list of (B, L, d) hidden states of the deep layers over the whole canvas."""
+    L = deep_hidden[0].shape[1]
+    a, b = max(0, lo - window), min(L, hi + window)
+    entropy = torch.stack([lens_entropy(model, h[:, a:b]) for h in deep_hidden]).mean(0)
+    # mean over the window, counting only neighbours that exist (the canvas edges have fewer)
+    ones = torch.ones_like(entropy)
+    kernel = torch.ones(1, 1, 2 * window + 1, device=entropy.device, dtype=entropy.dtype)
+    total = F.conv1d(F.pad(entropy[:, None], (window, window)), kernel)[:, 0]
+    count = F.conv1d(F.pad(ones[:, None], (window, window)), kernel)[:, 0]
+    mean = total / count
+    return mean[:, lo - a:lo - a + (hi - lo)]

@@ -1,0 +1,87 @@
+"""CoTA: zero strength is the identity, CTAE is a renormalised distance gain at true positions,
+CTEV averages the deep-layer lens entropy over the window, in every sampler mode."""
+import math
+
+import torch
+from hypothesis import given, strategies as st
+
+from conftest import MASK_ID, PAD_ID, VOCAB, tiny_model
+from minidlm.cota import CoTAConfig, ctae_log_gain, ctev_penalty, lens_entropy
+from minidlm.sampler import SamplerConfig, generate
+
+MODELS = {sink: tiny_model(sink=sink, n_layer=5) for sink in (False, True)}
+prompts_strategy = st.lists(st.lists(st.integers(0, VOCAB - 4), min_size=1, max_size=6),
+                            min_size=1, max_size=3)
+CACHE_MODES = st.sampled_from([dict(cache="none"), dict(cache="prefix"), dict(cache="dual"),
+                               dict(cache="feature", cache_kr=3)])
+
+
+def run(prompts, sink, cota=None, **kwargs):
+    cfg = SamplerConfig(**{**dict(gen_length=8, block_length=4, steps=8), **kwargs},
+                        cota=cota or CoTAConfig())
+    return generate(MODELS[sink], prompts, MASK_ID, PAD_ID, cfg)
+
+
+@given(prompts=prompts_strategy, sink=st.booleans(), mode=CACHE_MODES,
+       tau=st.floats(0.5, 10), window=st.integers(0, 3))
+def test_zero_strength_cota_is_plain_sampling(prompts, sink, mode, tau, window):
+    off = CoTAConfig(ctae=True, ctae_gamma=1.0, ctae_tau=tau, ctev=True, ctev_lambda=0.0,
+                     ctev_window=window)
+    assert torch.equal(run(prompts, sink, off, **mode), run(prompts, sink, **mode))
+
+
+@given(prompts=prompts_strategy, sink=st.booleans(), gamma=st.floats(0.1, 0.9),
+       lam=st.floats(0.1, 2.0), cache=st.sampled_from(["prefix", "dual"]))
+def test_cota_with_caches_refreshed_every_step_equals_uncached_cota(prompts, sink, gamma, lam, cache):
+    cota = CoTAConfig(ctae=True, ctae_gamma=gamma, ctae_tau=2.0, ctev=True, ctev_lambda=lam)
+    kw = dict(gen_length=12, block_length=4, steps=3)  # one step per block
+    assert torch.equal(run(prompts, sink, cota, cache=cache, **kw), run(prompts, sink, cota, **kw))
+    kw = dict(gen_length=8, block_length=4, steps=8)
+    feature_every_step = dict(cache="feature", cache_kp=1, cache_kr=1)
+    assert torch.equal(run(prompts, sink, cota, **feature_every_step, **kw), run(prompts, sink, cota, **kw))
+
+
+def test_log_gain_values():
+    pos = torch.arange(10)
+    g = ctae_log_gain(pos[None], pos, response_start=4, tau=2.0, gamma=0.5)[0, 0]
+    assert torch.all(g[:4] == 0) and torch.all(g[:, :4] == 0)          # prompt untouched
+    assert torch.allclose(torch.diagonal(g)[4:], torch.zeros(6))       # G_ii = 1
+    assert math.isclose(g[4, 6].item(), math.log(0.5 + 0.5 * math.exp(-1)), rel_tol=1e-6)
+    assert torch.equal(g, g.T) and torch.all(g <= 0) and torch.all(g >= math.log(0.5) - 1e-6)
+
+
+@given(rows=st.lists(st.integers(0, 11), min_size=1, max_size=6, unique=True))
+def test_log_gain_uses_true_positions_for_a_subset_of_queries(rows):
+    pos = torch.arange(12)
+    full = ctae_log_gain(pos[None], pos, 3, 5.0, 0.5)
+    part = ctae_log_gain(torch.tensor(rows)[None], pos, 3, 5.0, 0.5)
+    assert torch.equal(part[0, 0], full[0, 0, rows])
+
+
+def test_additive_log_gain_is_a_renormalised_multiplicative_gain():
+    model = MODELS[False]
+    x = torch.randint(0, VOCAB - 3, (1, 9))
+    gain = ctae_log_gain(torch.arange(9)[None], torch.arange(9), 2, 3.0, 0.4)
+    _, plain = model(x, trace=True)
+    _, boosted = model(x, attn_bias=gain, trace=True)
+    expected = plain.attn[0] * gain.exp()
+    assert torch.allclose(boosted.attn[0], expected / expected.sum(-1, keepdim=True))
+
+
+@given(window=st.integers(0, 3), lo=st.integers(0, 6), width=st.integers(1, 4))
+def test_ctev_penalty_is_the_window_mean_of_deep_entropy(window, lo, width):
+    model = MODELS[False]
+    hidden = [torch.randn(2, 10, 16, dtype=torch.float64) for _ in range(2)]
+    hi = min(10, lo + width)
+    got = ctev_penalty(model, hidden, lo, hi, window)
+    entropy = torch.stack([lens_entropy(model, h) for h in hidden]).mean(0)
+    for i in range(lo, hi):
+        js = range(max(0, i - window), min(10, i + window + 1))
+        assert torch.allclose(got[:, i - lo], entropy[:, list(js)].mean(1))
+    assert torch.all((entropy >= 0) & (entropy <= 1 + 1e-9))
+
+
+def test_deep_band_is_the_last_fifth_before_the_final_layer():
+    assert CoTAConfig().deep_layers(32) == list(range(25, 31))
+    assert CoTAConfig().deep_layers(8) == [5, 6]
+    assert CoTAConfig().deep_layers(1) == [0]
