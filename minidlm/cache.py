@@ -18,6 +18,11 @@ returning the logits of the current block's columns; the model never knows which
   int(rho * gen_length) rows whose V is least similar (cosine) to the cached V; every other row
   reuses its cached outputs. Reusing RESPONSE features is what causes the Repeat Curse
   (arXiv 2601.20520).
+  Option `stale_first` (ours, not dLLM-Cache): spend the same rho budget FIRST on rows whose
+  +-1 neighbourhood (themselves included) gained a committed token since that layer last computed
+  them, then on the least similar rows. The similarity rule misses exactly those rows: a
+  just-committed neighbour leaves a row's own V almost unchanged, and in layer 0 every [MASK]
+  row has the same V, so ties decide.
 
 For CoTA's CTEV a cache also keeps, in `hidden`, the residual stream after each layer in
 `keep_hidden` for EVERY canvas position: the states the model actually used at this step, stale
@@ -137,9 +142,15 @@ class FeatureCache(NoCache):
         self.n_partial = int(cfg.cache_rho * (self.length - prompt_len))  # rows per partial layer
         rows = torch.arange(self.length, device=device).expand(self.batch, -1)
         self.prompt_rows, self.response_rows = rows[:, :prompt_len], rows[:, prompt_len:]
+        self.stale_first = cfg.cache_stale_first
+        self.previous = x.clone()  # the canvas at the last step, to see what was committed
+        self.changed_at = torch.zeros(self.batch, self.length, dtype=torch.long, device=device)
+        self.computed_at = torch.zeros(n_layer, self.batch, self.length, dtype=torch.long, device=device)
 
     def logits(self, x, lo, hi, block_start):
         self.step += 1
+        self.changed_at.masked_fill_(x != self.previous, self.step)
+        self.previous.copy_(x)
         refresh_prompt = (self.step - 1) % self.K_p == 0
         refresh_response = (self.step - 1) % self.K_r == 0
         parts = ([self.prompt_rows] if refresh_prompt else []) + \
@@ -165,8 +176,12 @@ class FeatureCache(NoCache):
         w_v = block.attn.wqkv.weight[2 * self.model.cfg.d_model:]  # the V projection only
         fresh = F.linear(block.norm1(h[:, P:]), w_v)                  # (B, G, d)
         cached = self.kv.v[layer][:, :, self.kv.sink + P:].transpose(1, 2).flatten(2)
-        similarity = F.cosine_similarity(fresh, cached, dim=-1)      # (B, G)
-        return similarity.topk(self.n_partial, dim=-1, largest=False).indices + P
+        priority = F.cosine_similarity(fresh, cached, dim=-1)        # (B, G), low goes first
+        if self.stale_first:  # neighbourhood changed after this layer computed the row: first
+            changed = F.max_pool1d(self.changed_at[:, None].float(), 3, stride=1, padding=1)[:, 0]
+            stale = changed[:, P:] > self.computed_at[layer][:, P:]
+            priority = priority - 3.0 * stale  # cosine similarity lies in [-1, 1]
+        return priority.topk(self.n_partial, dim=-1, largest=False).indices + P
 
     def run_rows(self, layer, block, h, rows, cos, sin):
         """Recompute attention and FFN for `rows` (B, R); reuse the cached outputs elsewhere."""
@@ -184,6 +199,7 @@ class FeatureCache(NoCache):
         h = h + self.attn_out[layer]
         self.ffn_out[layer].scatter_(1, index, block.mlp(block.norm2(h.gather(1, index))))
         self.rows_computed[layer] += self.batch * R
+        self.computed_at[layer].scatter_(1, rows, self.step)
         return h + self.ffn_out[layer]
 
 

@@ -22,6 +22,11 @@ this step, stale ones included: that is the point of the method.
 
 With gamma = 1 and lambda = 0 both terms vanish and sampling is unchanged (tested).
 Defaults are the paper's: tau = 5, gamma = 0.5, lambda = 0.75, w = 1.
+
+Variant (the authors' later code, "context" CTEV): the mean runs only over COMMITTED neighbours
+within +-w (w = 5 there, lambda 0.25) and is zero when there are none; the just-committed
+neighbour's entropy is what the penalty is about, not the masked slot's own. `ctev_mode`
+chooses: "self" (the paper, default) or "context".
 """
 import math
 from dataclasses import dataclass
@@ -40,6 +45,7 @@ class CoTAConfig:
     ctev_lambda: float = 0.75
     ctev_window: int = 1
     ctev_deep_fraction: float = 0.2
+    ctev_mode: str = "self"       # "self" (paper) or "context" (authors' later variant)
 
     def validate(self, n_layer: int):
         if not (0 < self.ctae_gamma <= 1) or not self.ctae_tau > 0:
@@ -48,6 +54,8 @@ class CoTAConfig:
             raise ValueError(f"CTAE layers must lie in 0..{n_layer - 1}")
         if self.ctev_lambda < 0 or self.ctev_window < 0 or not 0 < self.ctev_deep_fraction <= 1:
             raise ValueError("CTEV needs lambda >= 0, window >= 0 and 0 < deep fraction <= 1")
+        if self.ctev_mode not in ("self", "context"):
+            raise ValueError(f"CTEV mode must be 'self' or 'context', got {self.ctev_mode!r}")
 
     def deep_layers(self, n_layer: int) -> list:
         """The deep band: the last ~fraction of layers before the final one (paper: 26-30 of 32)."""
@@ -90,21 +98,24 @@ class AttentionBias:
 
 def lens_entropy(model, hidden):
     """Normalised logit-lens entropy E(j) = H(softmax(head(norm(h_j)))) / log V, shape (B, T)."""
-    logp = F.log_softmax(model.logit_lens(hidden).float(), dim=-1)
+    logits = model.logit_lens(hidden)
+    logp = F.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
     return -(logp.exp() * logp).sum(-1) / math.log(logp.shape[-1])
 
 
-def ctev_penalty(model, deep_hidden, lo: int, hi: int, window: int):
+def ctev_penalty(model, deep_hidden, lo: int, hi: int, window: int, committed=None):
     """mean over j in C(i) of the deep-layer entropy, for the block's columns lo..hi-1: (B, hi-lo).
 
-    deep_hidden: list of (B, L, d) hidden states of the deep layers over the whole canvas."""
+    deep_hidden: list of (B, L, d) hidden states of the deep layers over the whole canvas.
+    committed: None ("self" mode: every neighbour in the window counts) or a (B, L) bool mask
+    ("context" mode: only committed neighbours count; no such neighbour gives 0)."""
     L = deep_hidden[0].shape[1]
     a, b = max(0, lo - window), min(L, hi + window)
     entropy = torch.stack([lens_entropy(model, h[:, a:b]) for h in deep_hidden]).mean(0)
-    # mean over the window, counting only neighbours that exist (the canvas edges have fewer)
-    ones = torch.ones_like(entropy)
+    weight = torch.ones_like(entropy) if committed is None else committed[:, a:b].to(entropy.dtype)
+    # a sum over the window as a convolution: the canvas edges simply have fewer neighbours
     kernel = torch.ones(1, 1, 2 * window + 1, device=entropy.device, dtype=entropy.dtype)
-    total = F.conv1d(F.pad(entropy[:, None], (window, window)), kernel)[:, 0]
-    count = F.conv1d(F.pad(ones[:, None], (window, window)), kernel)[:, 0]
-    mean = total / count
+    total = F.conv1d(F.pad((entropy * weight)[:, None], (window, window)), kernel)[:, 0]
+    count = F.conv1d(F.pad(weight[:, None], (window, window)), kernel)[:, 0]
+    mean = total / count.clamp_min(1)
     return mean[:, lo - a:lo - a + (hi - lo)]

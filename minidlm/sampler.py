@@ -36,6 +36,7 @@ class SamplerConfig:
     cache_kp: int = 25                 # feature cache: prompt refresh interval K_p
     cache_kr: int = 7                  # feature cache: response refresh interval K_r
     cache_rho: float = 0.25            # feature cache: fraction of response rows refreshed
+    cache_stale_first: bool = False    # feature cache: refresh rows next to new commits first (ours)
     cota: CoTAConfig = field(default_factory=CoTAConfig)  # CTAE / CTEV (cota.py); off by default
 
     def validate(self, max_prompt_len: int, max_seq_len: int, n_layer: int):
@@ -145,8 +146,9 @@ def generate(model, prompts, mask_id: int, pad_id: int, cfg: SamplerConfig, seed
             logits = cache.logits(x, lo, hi, block_start=j == 0)
             penalty = None
             if cfg.cota.ctev:
+                committed = (x != mask_id) if cfg.cota.ctev_mode == "context" else None
                 penalty = cfg.cota.ctev_lambda * ctev_penalty(model, cache.hidden, lo, hi,
-                                                              cfg.cota.ctev_window)
+                                                              cfg.cota.ctev_window, committed)
             block = x[:, lo:hi]  # a view: commit writes through it into x
             commit(block, logits, block == mask_id, k, cfg, generator, mask_id, penalty)
             step += 1

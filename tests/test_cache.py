@@ -63,3 +63,26 @@ def test_caches_keep_the_sampler_invariants(cache):
         assert torch.equal(after[before != MASK_ID], before[before != MASK_ID])
         assert torch.all(((before == MASK_ID) & (after != MASK_ID)).sum(1) == 2)
     assert not (frames[-1] == MASK_ID).any()
+
+
+@given(prompts=prompts_strategy, sink=st.booleans())
+def test_stale_first_refreshed_every_step_equals_no_cache(prompts, sink):
+    kw = dict(gen_length=8, block_length=8, steps=8)
+    every = dict(cache="feature", cache_stale_first=True, cache_kp=1, cache_kr=1)
+    assert torch.equal(run(prompts, sink, **every, **kw)[0], run(prompts, sink, **kw)[0])
+
+
+def test_stale_first_refreshes_the_neighbours_of_new_commits():
+    """With rho = 3 rows per layer, the rows refreshed right after a commit at i are i-1, i, i+1."""
+    from minidlm.cache import FeatureCache
+    model = MODELS[False]
+    x = torch.full((1, 12), MASK_ID)
+    x[0, :2] = torch.tensor([1, 2])
+    cfg = SamplerConfig(gen_length=10, block_length=10, steps=10, cache="feature", cache_kp=99,
+                        cache_kr=99, cache_rho=0.3, cache_stale_first=True)
+    cache = FeatureCache(model, x, torch.arange(12)[None], lambda rows: None, 2, cfg)
+    cache.logits(x, 2, 12, True)           # step 1: full refresh
+    x[0, 6] = 5                             # commit position 6
+    cache.logits(x, 2, 12, False)          # step 2: partial
+    for layer in range(model.cfg.n_layer):
+        assert set(torch.nonzero(cache.computed_at[layer][0] == 2).flatten().tolist()) == {5, 6, 7}

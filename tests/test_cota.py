@@ -81,6 +81,20 @@ def test_ctev_penalty_is_the_window_mean_of_deep_entropy(window, lo, width):
     assert torch.all((entropy >= 0) & (entropy <= 1 + 1e-9))
 
 
+@given(window=st.integers(1, 5), seed=st.integers(0, 99))
+def test_context_ctev_averages_only_committed_neighbours(window, seed):
+    model = MODELS[False]
+    g = torch.Generator().manual_seed(seed)
+    hidden = [torch.randn(1, 12, 16, generator=g, dtype=torch.float64)]
+    committed = torch.rand(1, 12, generator=g) < 0.5
+    got = ctev_penalty(model, hidden, 0, 12, window, committed)
+    entropy = lens_entropy(model, hidden[0])
+    for i in range(12):
+        js = [j for j in range(max(0, i - window), min(12, i + window + 1)) if committed[0, j]]
+        want = entropy[0, js].mean() if js else torch.zeros((), dtype=torch.float64)
+        assert torch.allclose(got[0, i], want)
+
+
 def test_deep_band_is_the_last_fifth_before_the_final_layer():
     assert CoTAConfig().deep_layers(32) == list(range(25, 31))
     assert CoTAConfig().deep_layers(8) == [5, 6]
