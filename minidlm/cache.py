@@ -26,7 +26,9 @@ returning the logits of the current block's columns; the model never knows which
 
 For CoTA's CTEV a cache also keeps, in `hidden`, the residual stream after each layer in
 `keep_hidden` for EVERY canvas position: the states the model actually used at this step, stale
-ones included (for rows a cache did not recompute, their last computed state).
+ones included (for rows a cache did not recompute, their last computed state). With
+`observe=True` it keeps every layer's state and, in `attention`, the attention weights in effect
+for every row (B, H, L, S + L) per layer, for the probes; observing changes no computation.
 
 CUDA-friendly: buffers are allocated once per `generate` call and written through index tensors
 (`scatter_`); the number of rows per step is a Python int fixed by the step's kind, so shapes are
@@ -68,14 +70,18 @@ class KVBuffer:
 class NoCache:
     """The reference: the whole sequence through the whole model at every step."""
 
-    def __init__(self, model, x, positions, bias_for, prompt_len, cfg, keep_hidden=()):
+    def __init__(self, model, x, positions, bias_for, prompt_len, cfg, keep_hidden=(), observe=False):
         self.model, self.positions, self.bias_for = model, positions, bias_for
         self.batch, self.length = x.shape
-        self.rows_computed = [0] * model.cfg.n_layer
-        self.keep_hidden = list(keep_hidden)
+        n_layer, H, S = model.cfg.n_layer, model.cfg.n_head, int(model.cfg.sink)
+        self.rows_computed = [0] * n_layer
+        self.keep_hidden = list(range(n_layer)) if observe else list(keep_hidden)
         dtype = next(model.parameters()).dtype
         self.hidden = [torch.zeros(self.batch, self.length, model.cfg.d_model, dtype=dtype,
                                    device=x.device) for _ in self.keep_hidden]
+        self.observe = observe
+        self.attention = [torch.zeros(self.batch, H, self.length, S + self.length, dtype=dtype,
+                                      device=x.device) for _ in range(n_layer if observe else 0)]
 
     def count(self, rows: int):
         self.rows_computed = [n + self.batch * rows for n in self.rows_computed]
@@ -84,13 +90,15 @@ class NoCache:
         """Run canvas columns start..end-1 as queries; record the kept hidden states."""
         self.count(end - start)
         rows = None if (start, end) == (0, self.length) else cache.rows
-        trace = Trace(attention=False) if self.keep_hidden else None
+        trace = Trace(attention=self.observe) if self.keep_hidden else None
         out = self.model(x[:, start:end], positions=self.positions[:, start:end], cache=cache,
                          attn_bias=self.bias_for(rows), trace=trace)
         if trace is None:
             return out
         for buffer, layer in zip(self.hidden, self.keep_hidden):
             buffer[:, start:end] = trace.hidden[layer]
+        for buffer, weights in zip(self.attention, trace.attn):  # drop an uncached sink query row
+            buffer[:, :, start:end] = weights[:, :, weights.shape[2] - (end - start):]
         return out[0]
 
     def full_forward(self, x, cache=None):
@@ -103,8 +111,8 @@ class NoCache:
 class PrefixCache(NoCache):
     """Fast-dLLM prefix cache: refresh all K/V at a block's start, then run block + suffix."""
 
-    def __init__(self, model, x, positions, bias_for, prompt_len, cfg, keep_hidden=()):
-        super().__init__(model, x, positions, bias_for, prompt_len, cfg, keep_hidden)
+    def __init__(self, model, x, positions, bias_for, prompt_len, cfg, keep_hidden=(), observe=False):
+        super().__init__(model, x, positions, bias_for, prompt_len, cfg, keep_hidden, observe)
         self.kv = KVBuffer(model, self.batch, self.length, next(model.parameters()).dtype, x.device)
         self.all_rows = torch.arange(self.length, device=x.device).expand(self.batch, -1)
 
@@ -130,8 +138,8 @@ class DualCache(PrefixCache):
 class FeatureCache(NoCache):
     """dLLM-Cache: per-layer K/V, attention and FFN outputs, refreshed every K_p / K_r steps."""
 
-    def __init__(self, model, x, positions, bias_for, prompt_len, cfg, keep_hidden=()):
-        super().__init__(model, x, positions, bias_for, prompt_len, cfg, keep_hidden)
+    def __init__(self, model, x, positions, bias_for, prompt_len, cfg, keep_hidden=(), observe=False):
+        super().__init__(model, x, positions, bias_for, prompt_len, cfg, keep_hidden, observe)
         dtype, device = next(model.parameters()).dtype, x.device
         n_layer, d = model.cfg.n_layer, model.cfg.d_model
         self.kv = KVBuffer(model, self.batch, self.length, dtype, device)
@@ -149,8 +157,9 @@ class FeatureCache(NoCache):
 
     def logits(self, x, lo, hi, block_start):
         self.step += 1
-        self.changed_at.masked_fill_(x != self.previous, self.step)
-        self.previous.copy_(x)
+        if self.stale_first:
+            self.changed_at.masked_fill_(x != self.previous, self.step)
+            self.previous.copy_(x)
         refresh_prompt = (self.step - 1) % self.K_p == 0
         refresh_response = (self.step - 1) % self.K_r == 0
         parts = ([self.prompt_rows] if refresh_prompt else []) + \
@@ -172,7 +181,7 @@ class FeatureCache(NoCache):
 
     def least_similar_rows(self, layer, block, h):
         """The n_partial response rows whose fresh V is least similar to the cached V."""
-        P, H = self.prompt_len, self.model.cfg.n_head
+        P = self.prompt_len
         w_v = block.attn.wqkv.weight[2 * self.model.cfg.d_model:]  # the V projection only
         fresh = F.linear(block.norm1(h[:, P:]), w_v)                  # (B, G, d)
         cached = self.kv.v[layer][:, :, self.kv.sink + P:].transpose(1, 2).flatten(2)
@@ -193,8 +202,12 @@ class FeatureCache(NoCache):
         layer_bias = bias[layer] if isinstance(bias, (list, tuple)) else bias
         mask = self.model.attention_mask(layer_bias, R, self.length, False, h.dtype, h.device)
         self.kv.rows = rows
+        trace = Trace() if self.observe else None
         attn = block.attn(block.norm1(h.gather(1, index)), rope, mask,
-                          kv_update=lambda k, v: self.kv.update(layer, k, v))
+                          kv_update=lambda k, v: self.kv.update(layer, k, v), trace=trace)
+        if trace is not None:  # the recomputed rows' weights replace their stale ones
+            weights = trace.attn[0]
+            self.attention[layer].scatter_(2, rows[:, None, :, None].expand_as(weights), weights)
         self.attn_out[layer].scatter_(1, index, attn)
         h = h + self.attn_out[layer]
         self.ffn_out[layer].scatter_(1, index, block.mlp(block.norm2(h.gather(1, index))))

@@ -38,6 +38,7 @@ class SamplerConfig:
     cache_rho: float = 0.25            # feature cache: fraction of response rows refreshed
     cache_stale_first: bool = False    # feature cache: refresh rows next to new commits first (ours)
     cota: CoTAConfig = field(default_factory=CoTAConfig)  # CTAE / CTEV (cota.py); off by default
+    compile: bool = False              # torch.compile the model forward (none, prefix, dual)
 
     def validate(self, max_prompt_len: int, max_seq_len: int, n_layer: int):
         """Raise ValueError with one clear sentence for an impossible setting."""
@@ -62,6 +63,9 @@ class SamplerConfig:
         if self.cache_kp < 1 or self.cache_kr < 1 or not 0 <= self.cache_rho <= 1:
             raise ValueError("cache K_p and K_r must be >= 1 and rho within [0, 1]")
         self.cota.validate(n_layer)
+        if self.compile and self.cache == "feature":
+            raise ValueError("--compile covers the none, prefix and dual samplers; the feature cache "
+                             "runs the model layer by layer and is not compiled")
         if max_prompt_len + self.gen_length > max_seq_len:
             raise ValueError(f"prompt ({max_prompt_len} tokens) + gen length ({self.gen_length}) "
                              f"exceeds the model's context of {max_seq_len} tokens")
@@ -107,7 +111,8 @@ def commit(x, logits, eligible, k: int, cfg: SamplerConfig, generator, mask_id: 
     logits[..., mask_id] = float("-inf")  # [MASK] is never a target, so never a prediction
     x0 = choose_tokens(logits, cfg.temperature, generator)
     if cfg.remasking == "low_confidence":
-        conf = F.softmax(logits.float(), dim=-1).gather(-1, x0.unsqueeze(-1)).squeeze(-1)
+        probs = F.softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
+        conf = probs.gather(-1, x0.unsqueeze(-1)).squeeze(-1)
     else:
         conf = torch.rand(x.shape, generator=generator, device=x.device)
     if penalty is not None:
@@ -118,13 +123,25 @@ def commit(x, logits, eligible, k: int, cfg: SamplerConfig, generator, mask_id: 
     return x0, scores
 
 
+_COMPILED = {}
+
+
+def compiled(model):
+    """torch.compile(model), made once per model (opt-in; on CUDA it cuts launch overhead)."""
+    if id(model) not in _COMPILED:
+        _COMPILED[id(model)] = (model, torch.compile(model, dynamic=True))
+    return _COMPILED[id(model)][1]
+
+
 @torch.no_grad()
 def generate(model, prompts, mask_id: int, pad_id: int, cfg: SamplerConfig, seed: int = 0,
-             on_step=None, stats=None):
+             on_step=None, stats=None, observe=False):
     """Sample responses for a batch of prompts (lists of ids). Returns (B, gen_length) ids.
 
-    on_step(step, x) is called after every step with the whole (B, P + gen_length) canvas; it is
-    for displays and probes, and is the only place that may sync with the host.
+    on_step(step, x, cache) is called after every step with the whole (B, P + gen_length) canvas
+    and the cache object; it is for displays and probes, and is the only place that may sync
+    with the host. observe=True makes the cache keep every layer's hidden states and attention
+    weights for on_step to read (cache.py); it changes no token.
     stats, if a dict, receives the work done: rows computed per layer and the number of steps."""
     device = next(model.parameters()).device
     cfg.validate(max(len(p) for p in prompts), model.cfg.max_seq_len, model.cfg.n_layer)
@@ -136,7 +153,9 @@ def generate(model, prompts, mask_id: int, pad_id: int, cfg: SamplerConfig, seed
     pad = padding_bias(n_pad, x.shape[1]) if bool((n_pad > 0).any()) else None
     bias_for = AttentionBias(pad, cfg.cota, model.cfg.n_layer, P, x.shape[1], device)
     deep = cfg.cota.deep_layers(model.cfg.n_layer) if cfg.cota.ctev else []
-    cache = CACHES[cfg.cache](model, x, positions, bias_for, P, cfg, keep_hidden=deep)
+    runner = compiled(model) if cfg.compile else model  # attributes pass through to `model`
+    cache = CACHES[cfg.cache](runner, x, positions, bias_for, P, cfg, keep_hidden=deep,
+                              observe=observe)
     num_blocks = cfg.gen_length // cfg.block_length
     steps_per_block = cfg.steps // num_blocks
     step = 0
@@ -147,13 +166,14 @@ def generate(model, prompts, mask_id: int, pad_id: int, cfg: SamplerConfig, seed
             penalty = None
             if cfg.cota.ctev:
                 committed = (x != mask_id) if cfg.cota.ctev_mode == "context" else None
-                penalty = cfg.cota.ctev_lambda * ctev_penalty(model, cache.hidden, lo, hi,
+                deep_hidden = [cache.hidden[cache.keep_hidden.index(l)] for l in deep]
+                penalty = cfg.cota.ctev_lambda * ctev_penalty(model, deep_hidden, lo, hi,
                                                               cfg.cota.ctev_window, committed)
             block = x[:, lo:hi]  # a view: commit writes through it into x
             commit(block, logits, block == mask_id, k, cfg, generator, mask_id, penalty)
             step += 1
             if on_step is not None:
-                on_step(step, x)
+                on_step(step, x, cache)
     if stats is not None:
         stats.update(rows_per_layer=cache.rows_computed, steps=step)
     return x[:, P:]

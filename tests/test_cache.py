@@ -58,7 +58,7 @@ def test_caches_keep_the_sampler_invariants(cache):
     frames = []
     generate(MODELS[True], [[1, 2], [3, 4, 5, 6]], MASK_ID, PAD_ID,
              SamplerConfig(gen_length=12, block_length=6, steps=6, cache=cache, cache_kr=2),
-             on_step=lambda s, x: frames.append(x.clone()))
+             on_step=lambda s, x, c: frames.append(x.clone()))
     for before, after in zip(frames, frames[1:]):
         assert torch.equal(after[before != MASK_ID], before[before != MASK_ID])
         assert torch.all(((before == MASK_ID) & (after != MASK_ID)).sum(1) == 2)
@@ -86,3 +86,22 @@ def test_stale_first_refreshes_the_neighbours_of_new_commits():
     cache.logits(x, 2, 12, False)          # step 2: partial
     for layer in range(model.cfg.n_layer):
         assert set(torch.nonzero(cache.computed_at[layer][0] == 2).flatten().tolist()) == {5, 6, 7}
+
+
+def test_compiled_forward_gives_the_same_tokens():
+    """--compile (torch.compile of the model forward) on the CPU: identical greedy tokens."""
+    kw = dict(gen_length=8, block_length=4, steps=4)
+    for cache in ["none", "dual"]:
+        compiled_out = run([[1, 2, 3], [4]], False, cache=cache, compile=True, **kw)[0]
+        assert torch.equal(compiled_out, run([[1, 2, 3], [4]], False, cache=cache, **kw)[0])
+
+
+@given(prompts=prompts_strategy, sink=st.booleans(),
+       cache=st.sampled_from(["none", "prefix", "dual", "feature"]))
+def test_observing_changes_no_token_and_sees_whole_attention_rows(prompts, sink, cache):
+    kw = dict(gen_length=8, block_length=4, steps=8, cache=cache, cache_kr=3)
+    row_sums = []
+    seen = generate(MODELS[sink], prompts, MASK_ID, PAD_ID, SamplerConfig(**kw), observe=True,
+                    on_step=lambda s, x, c: row_sums.append(torch.stack([a.sum(-1) for a in c.attention])))
+    assert torch.equal(seen, run(prompts, sink, **kw)[0])
+    assert all(torch.allclose(r, torch.ones(()).double()) for r in row_sums)

@@ -28,7 +28,7 @@ def test_schedule_is_followed_and_commits_are_final(setting, prompts, sink, temp
     cfg = SamplerConfig(gen_length, steps, block_length, temperature, remasking)
     frames = []
     out = generate(MODELS[sink], prompts, MASK_ID, PAD_ID, cfg, seed=seed,
-                   on_step=lambda s, x: frames.append(x.clone()))
+                   on_step=lambda s, x, c: frames.append(x.clone()))
     assert len(frames) == steps and not (out == MASK_ID).any()
     P = max(map(len, prompts))
     num_blocks = gen_length // block_length

@@ -1,0 +1,226 @@
+"""The Repeat Curse and CoTA, measured: one table, one command.
+
+    python repeat_study.py                      # shipped model, 100 held-out prompts x 2 seeds
+    python repeat_study.py --quick              # 32 prompts x 1 seed, a classroom version
+    python repeat_study.py --checkpoint runs/mine.pt --data my.txt
+
+Protocol of "Context Tokens are Anchors" (arXiv 2601.20520): a single block, one token committed
+per step, greedy, low-confidence remasking. Each seed draws a different set of held-out prompts
+(the first sentence of a validation story); with greedy decoding nothing else is random.
+Every row decodes the same prompts; metrics come from minidlm/repetition.py (responses cut at
+end-of-text, whitespace tokens dropped) and, on the embedded corpus, the grammatical rate of the
+complete generated sentences. Output: a markdown table on stdout and a JSON list of rows.
+
+Then the information-flow view (minidlm/infoflow.py) for no cache, the feature cache and the
+feature cache + CoTA: logit-lens entropy by layer at the step each position is committed, and the
+deep-layer attention mass within +-5 positions, for repeated vs normal positions. `--plot DIR`
+(plot extra) draws the entropy curves.
+"""
+import json
+import os
+import random
+import sys
+import time
+
+import torch
+
+from minidlm.checkpoint import CheckpointError, load_model
+from minidlm.cli import ArgumentParser, die, pick_device, positive_int
+from minidlm.corpus import CorpusError, is_grammatical, split_sentences
+from minidlm.cota import CoTAConfig
+from minidlm.data import load_documents
+from minidlm.evaluate import continuation_text, held_out_prompts
+from minidlm.infoflow import FlowRecorder
+from minidlm.repetition import clean_response, repetition_report
+from minidlm.sampler import SamplerConfig, generate
+
+FEATURE = dict(cache="feature", cache_kr=7, cache_rho=0.25)
+CTAE = dict(ctae=True)
+CTEV = dict(ctev=True)
+ROWS = [  # (name, sampler settings, CoTA settings)
+    ("none", {}, {}),
+    ("prefix", dict(cache="prefix"), {}),
+    ("dual", dict(cache="dual"), {}),
+    ("feature K_r 1", {**FEATURE, "cache_kr": 1}, {}),
+    ("feature K_r 3", {**FEATURE, "cache_kr": 3}, {}),
+    ("feature K_r 7, rho 0.25", FEATURE, {}),
+    ("feature rho 0", {**FEATURE, "cache_rho": 0.0}, {}),
+    ("feature rho 0.75", {**FEATURE, "cache_rho": 0.75}, {}),
+    ("feature + CTAE", FEATURE, CTAE),
+    ("feature + CTEV", FEATURE, CTEV),
+    ("feature + CoTA (paper)", FEATURE, {**CTAE, **CTEV}),
+    ("feature + CTEV context (authors' later)", FEATURE, dict(ctev=True, ctev_mode="context",
+                                                              ctev_window=5, ctev_lambda=0.25)),
+    ("feature, stale-first refresh (ours)", {**FEATURE, "cache_stale_first": True}, {}),
+    ("none + CoTA (paper)", {}, {**CTAE, **CTEV}),
+]
+COLUMNS = ["ARR", "SRR", "MRL", "seq_rep_2", "distinct_2", "length", "grammatical", "tok_s"]
+
+
+def run_row(model, tok, prompts, gen_length, settings, cota, batch_size):
+    cfg = SamplerConfig(gen_length=gen_length, steps=gen_length, block_length=gen_length,
+                        cota=CoTAConfig(**cota), **settings)
+    outputs, seconds = [], 0.0
+    for start in range(0, len(prompts), batch_size):
+        batch = prompts[start:start + batch_size]
+        t0 = time.perf_counter()
+        out = generate(model, batch, tok.mask_id, tok.eot_id, cfg)
+        seconds += time.perf_counter() - t0
+        outputs.extend(out.tolist())
+    return outputs, len(prompts) * gen_length / seconds
+
+
+def score(tok, outputs, grammar: bool):
+    cleaned = [clean_response(row, tok.eot_id, tok.is_whitespace_token) for row in outputs]
+    metrics = repetition_report(cleaned).as_dict()
+    if grammar:
+        sentences = [s for row in outputs for s in split_sentences(continuation_text(tok, row))
+                     if s[-1] in ".!?"]
+        metrics["grammatical"] = sum(map(is_grammatical, sentences)) / max(1, len(sentences))
+    return metrics
+
+
+FLOW_ROWS = [("none", {}, {}), ("feature K_r 7, rho 0.25", FEATURE, {}),
+             ("feature + CoTA (paper)", FEATURE, {**CTAE, **CTEV})]
+
+
+def information_flow(model, tok, prompts, gen_length, batch_size):
+    """Per mode, the FlowRecorder summary of repeated vs normal positions."""
+    deep = CoTAConfig().deep_layers(model.cfg.n_layer)
+    out = {}
+    for name, settings, cota in FLOW_ROWS:
+        cfg = SamplerConfig(gen_length=gen_length, steps=gen_length, block_length=gen_length,
+                            cota=CoTAConfig(**cota), **settings)
+        recorder = FlowRecorder(model, tok.mask_id, tok.eot_id, deep)
+        for start in range(0, len(prompts), batch_size):
+            batch = prompts[start:start + batch_size]
+            recorder.start(max(map(len, batch)))
+            response = generate(model, batch, tok.mask_id, tok.eot_id, cfg, on_step=recorder, observe=True)
+            recorder.finish(response)
+        out[name] = recorder.summary()
+        print(f"information flow: {name} done", file=sys.stderr, flush=True)
+    return out, deep
+
+
+def flow_table(flow, n_layer, deep):
+    head = " | ".join(f"E_{l + 1}" for l in range(n_layer))
+    lines = [f"| mode | positions | n | {head} | mass within +-5 (deep layers {deep[0] + 1}-{deep[-1] + 1}) |",
+             "|---" * (n_layer + 4) + "|"]
+    for mode, kinds in flow.items():
+        for kind, v in kinds.items():
+            ent = " | ".join(f"{e:.2f}" for e in v["entropy_by_layer"]) or " | ".join("-" * n_layer)
+            lines.append(f"| {mode} | {kind} | {v['n']} | {ent} | {v['local_mass']:.2f} |")
+    return "\n".join(lines)
+
+
+def plot_flow(flow, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for (mode, kinds), colour in zip(flow.items(), ["tab:blue", "tab:red", "tab:green"]):
+        for kind, style in (("normal", "-"), ("repeated", "--")):
+            e = kinds[kind]["entropy_by_layer"]
+            if e:
+                ax.plot(range(1, len(e) + 1), e, style, color=colour, label=f"{mode}, {kind} (n={kinds[kind]['n']})")
+    ax.set_xlabel("layer")
+    ax.set_ylabel("logit-lens entropy / log V")
+    ax.set_title("Entropy at the commit step: repeated vs normal positions")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def markdown(rows, columns):
+    lines = ["| mode | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    for r in rows:
+        cells = []
+        for c in columns:
+            v = r[c]
+            cells.append(f"{100 * v:.2f}" if c in ("ARR", "SRR", "seq_rep_2", "distinct_2", "grammatical")
+                         else f"{v:.1f}" if isinstance(v, float) else str(v))
+        lines.append(f"| {r['mode']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main():
+    p = ArgumentParser(description="Measure the Repeat Curse of feature caches and what CoTA does to it.")
+    p.add_argument("--checkpoint", default="checkpoints/tiny.pt")
+    p.add_argument("--data", default=None, help="text file the model was trained on (its validation "
+                                                "split gives the prompts; grammar columns are dropped)")
+    p.add_argument("--prompts", type=positive_int, default=100, help="held-out prompts per seed")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="one prompt set per seed")
+    p.add_argument("--gen-length", type=positive_int, default=64)
+    p.add_argument("--batch-size", type=positive_int, default=50)
+    p.add_argument("--rows", default=None, help="comma-separated substrings: run only matching rows")
+    p.add_argument("--json", default="results/repeat_study.json", help="where to write the JSON rows")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--flow-prompts", type=int, default=50,
+                   help="prompts for the information-flow view (0 skips it)")
+    p.add_argument("--plot", default=None, metavar="DIR", help="write the information-flow figure here")
+    p.add_argument("--quick", action="store_true", help="32 prompts, seed 0 only")
+    args = p.parse_args()
+    if args.quick:
+        args.prompts, args.seeds, args.flow_prompts = 32, [0], min(args.flow_prompts, 16)
+    if args.plot:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            die("--plot needs matplotlib: pip install -e '.[plot]'")
+    try:
+        device = pick_device(args.device)
+        model, tok, _ = load_model(args.checkpoint, device)
+        _, val_docs = load_documents(args.data)
+    except (ValueError, CheckpointError, CorpusError) as e:
+        die(str(e))
+    grammar = args.data is None
+    rows = [r for r in ROWS if args.rows is None or any(s.strip() in r[0] for s in args.rows.split(","))]
+    if not rows:
+        die(f"--rows {args.rows!r} matches no row")
+    columns = COLUMNS if grammar else [c for c in COLUMNS if c != "grammatical"]
+    limit = model.cfg.max_seq_len - args.gen_length
+    if limit < 2:
+        die(f"--gen-length {args.gen_length} leaves no room for a prompt in the model's "
+            f"{model.cfg.max_seq_len}-token context")
+    results = []
+    for name, settings, cota in rows:
+        per_seed = []
+        for seed in args.seeds:
+            docs = random.Random(seed).sample(val_docs, min(args.prompts, len(val_docs)))
+            prompts = [([tok.eot_id] + tok.encode(t))[-limit:] for t in held_out_prompts(docs, len(docs))]
+            outputs, tok_s = run_row(model, tok, prompts, args.gen_length, settings, cota, args.batch_size)
+            per_seed.append({**score(tok, outputs, grammar), "tok_s": tok_s})
+        row = {"mode": name, **{c: sum(s[c] for s in per_seed) / len(per_seed) for c in per_seed[0]},
+               "per_seed": per_seed, "settings": settings, "cota": cota}
+        results.append(row)
+        print(f"[{len(results)}/{len(rows)}] {name}: ARR {100 * row['ARR']:.2f} % SRR "
+              f"{100 * row['SRR']:.1f} % ({row['tok_s']:.0f} tok/s)", file=sys.stderr, flush=True)
+    print(f"{len(args.seeds)} seed(s) x {args.prompts} prompts, {args.gen_length} tokens, single block, "
+          f"1 token/step, greedy; rates in %; model {args.checkpoint}")
+    print(markdown(results, columns))
+    flow = None
+    if args.flow_prompts > 0:
+        docs = random.Random(args.seeds[0]).sample(val_docs, min(args.flow_prompts, len(val_docs)))
+        prompts = [([tok.eot_id] + tok.encode(t))[-limit:] for t in held_out_prompts(docs, len(docs))]
+        flow, deep = information_flow(model, tok, prompts, args.gen_length, args.batch_size)
+        print(f"\nInformation flow ({len(prompts)} prompts, seed {args.seeds[0]}): logit-lens entropy "
+              f"/ log V by layer at the commit step, and the deep-layer attention mass near each position")
+        print(flow_table(flow, model.cfg.n_layer, deep))
+        if args.plot:
+            os.makedirs(args.plot, exist_ok=True)
+            plot_flow(flow, os.path.join(args.plot, "infoflow_entropy.png"))
+            print(f"wrote {os.path.join(args.plot, 'infoflow_entropy.png')}", file=sys.stderr)
+    if args.json:
+        os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+        print(f"wrote {args.json}", file=sys.stderr)
+        if flow:
+            flow_path = os.path.splitext(args.json)[0] + "_infoflow.json"
+            with open(flow_path, "w") as f:
+                json.dump(flow, f, indent=1)
+            print(f"wrote {flow_path}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,114 @@
+"""Sample from a trained minidlm model with the LLaDA reverse process.
+
+    python sample.py                                   # a story from checkpoints/tiny.pt
+    python sample.py --prompt "Tom had a red ball." --show     # watch the masks fill in
+    python sample.py --prompt "Mia was sad." --prompt "A cat sat." --temperature 0.8 --seed 3
+    python sample.py --cache feature --cota            # dLLM-Cache with CoTA against repetition
+
+The generated text goes to stdout (one sample per paragraph); settings, timing and the --show
+animation go to stderr, so `python sample.py > out.txt` keeps only the text.
+"""
+import sys
+import time
+
+import torch
+
+from minidlm.checkpoint import CheckpointError, load_model
+from minidlm.cli import ArgumentParser, die, pick_device, positive_int
+from minidlm.cota import CoTAConfig
+from minidlm.sampler import SamplerConfig, generate
+from minidlm.show import DenoisingView
+
+
+def parse_args(argv=None):
+    p = ArgumentParser(description="Generate text with a masked-diffusion LM (LLaDA sampler).")
+    p.add_argument("--checkpoint", default="checkpoints/tiny.pt", help="model file (default %(default)s)")
+    p.add_argument("--prompt", action="append", default=None,
+                   help="prompt text; repeat the flag for a batch of prompts (default: an empty prompt, "
+                        "i.e. the start of a new story)")
+    p.add_argument("--num-samples", type=positive_int, default=1, help="samples per prompt")
+    p.add_argument("--gen-length", type=positive_int, default=128, help="tokens to generate")
+    p.add_argument("--steps", type=positive_int, default=128, help="denoising steps in total")
+    p.add_argument("--block-length", type=positive_int, default=32, help="semi-autoregressive block size")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--remasking", default="low_confidence", choices=["low_confidence", "random"])
+    p.add_argument("--cache", default="none", choices=["none", "prefix", "dual", "feature"],
+                   help="reuse work across steps: prefix/dual (Fast-dLLM) or feature (dLLM-Cache)")
+    p.add_argument("--cache-kp", type=positive_int, default=25, help="feature cache: prompt refresh interval K_p")
+    p.add_argument("--cache-kr", type=positive_int, default=7, help="feature cache: response refresh interval K_r")
+    p.add_argument("--cache-rho", type=float, default=0.25,
+                   help="feature cache: fraction of response rows refreshed on other steps")
+    p.add_argument("--cache-stale-first", action="store_true",
+                   help="feature cache (ours, not dLLM-Cache): spend the rho budget first on rows "
+                        "next to tokens committed since they were last computed")
+    c = p.add_argument_group("CoTA (arXiv 2601.20520), the paper's method")
+    c.add_argument("--cota", action="store_true", help="CoTA as in the paper: CTAE + CTEV")
+    c.add_argument("--ctae", action="store_true", help="only CTAE: distance gain on response attention")
+    c.add_argument("--ctev", action="store_true", help="only CTEV: deep-layer entropy penalty on confidence")
+    c.add_argument("--ctae-tau", type=float, default=5.0, help="CTAE width tau in tokens (paper: 5)")
+    c.add_argument("--ctae-gamma", type=float, default=0.5, help="CTAE floor gamma in (0, 1] (paper: 0.5)")
+    c.add_argument("--ctev-lambda", type=float, default=0.75, help="CTEV strength lambda (paper: 0.75)")
+    c.add_argument("--ctev-window", type=int, default=1, help="CTEV context window w: C(i) = i-w..i+w")
+    c.add_argument("--ctev-mode", default="self", choices=["self", "context"],
+                   help="self: the paper; context: the authors' later variant (only committed "
+                        "neighbours count; use with --ctev-window 5 --ctev-lambda 0.25)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default %(default)s)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the model forward (none/prefix/dual; worth it on CUDA)")
+    p.add_argument("--show", action="store_true", help="animate the denoising on stderr")
+    p.add_argument("--show-delay", type=float, default=0.04, help="seconds per frame with --show")
+    return p.parse_args(argv)
+
+
+def cota_label(c: CoTAConfig) -> str:
+    parts = [f"CTAE tau {c.ctae_tau} gamma {c.ctae_gamma}"] if c.ctae else []
+    parts += [f"CTEV lambda {c.ctev_lambda} w {c.ctev_window}"] if c.ctev else []
+    return " + ".join(parts)
+
+
+def main():
+    args = parse_args()
+    try:
+        device = pick_device(args.device)
+        model, tokenizer, meta = load_model(args.checkpoint, device)
+    except (ValueError, CheckpointError) as e:
+        die(str(e))
+    texts = [t for t in (args.prompt or [""]) for _ in range(args.num_samples)]
+    prompts = [[tokenizer.eot_id] + tokenizer.encode(t) for t in texts]  # EOT: "a story starts here"
+    cfg = SamplerConfig(gen_length=args.gen_length, steps=args.steps, block_length=args.block_length,
+                        temperature=args.temperature, remasking=args.remasking, cache=args.cache,
+                        cache_kp=args.cache_kp, cache_kr=args.cache_kr, cache_rho=args.cache_rho,
+                        compile=args.compile, cache_stale_first=args.cache_stale_first,
+                        cota=CoTAConfig(ctae=args.cota or args.ctae, ctae_tau=args.ctae_tau,
+                                        ctae_gamma=args.ctae_gamma, ctev=args.cota or args.ctev,
+                                        ctev_lambda=args.ctev_lambda, ctev_window=args.ctev_window,
+                                        ctev_mode=args.ctev_mode))
+    try:
+        cfg.validate(max(map(len, prompts)), model.cfg.max_seq_len, model.cfg.n_layer)
+    except ValueError as e:
+        die(str(e))
+
+    view = DenoisingView(tokenizer, len(max(prompts, key=len)), args.show_delay) if args.show else None
+    start, stats = time.time(), {}
+    out = generate(model, prompts, tokenizer.mask_id, tokenizer.eot_id, cfg, seed=args.seed,
+                   on_step=view.draw if view else None, stats=stats)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.time() - start
+    if view:
+        view.close()
+    for text, row in zip(texts, out.tolist()):
+        body = row[: row.index(tokenizer.eot_id)] if tokenizer.eot_id in row else row
+        print(text + tokenizer.decode(body))
+        if len(texts) > 1:
+            print()
+    rows = sum(stats["rows_per_layer"]) / len(stats["rows_per_layer"])
+    print(f"{len(texts)} x {cfg.gen_length} tokens in {cfg.steps} steps, {seconds:.2f}s "
+          f"({len(texts) * cfg.gen_length / seconds:.0f} tok/s) on {device.type}, cache {cfg.cache}: "
+          f"{rows:,.0f} rows per layer computed{'; CoTA ' + cota_label(cfg.cota) if cfg.cota.ctae or cfg.cota.ctev else ''}; "
+          f"model {args.checkpoint}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
