@@ -1,0 +1,85 @@
+"""Checkpoints: one dict per file, written atomically, read with `torch.load(weights_only=True)`.
+
+A model checkpoint holds everything needed to sample: the model config and weights (stored in
+float16 to keep the shipped files small; loaded back as float32), the tokenizer's state (tiktoken's
+named encodings cannot be downloaded here, so ours travels with the model), the command that
+trained it and its final metrics. Training state for `--resume` (float32 weights, optimizer, step,
+RNG) lives in a separate `.state.pt` file beside it.
+
+Files are written to a temporary name in the same folder, flushed to disk, then renamed over the
+target: an interrupted write never leaves a truncated checkpoint where a good one was.
+"""
+import os
+import tempfile
+
+import torch
+
+from .model import DiffusionLM, ModelConfig
+from .tokenizer import Tokenizer
+
+FORMAT = "minidlm-checkpoint-v1"
+
+
+class CheckpointError(Exception):
+    """A checkpoint is missing, truncated or incompatible; the message is one clear line."""
+
+
+def atomic_save(obj, path: str):
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".pt")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def state_path(path: str) -> str:
+    """Where the resumable training state of checkpoint `path` lives."""
+    root, _ = os.path.splitext(path)
+    return root + ".state.pt"
+
+
+def save_model(path: str, model: DiffusionLM, tokenizer: Tokenizer, meta: dict):
+    weights = {k: v.detach().to("cpu", torch.float16) for k, v in model.state_dict().items()}
+    atomic_save({"format": FORMAT, "config": model.cfg.to_dict(), "model": weights,
+                 "tokenizer": tokenizer.state_dict(), "meta": meta}, path)
+
+
+def read(path: str) -> dict:
+    """torch.load(weights_only=True) with every failure turned into a CheckpointError."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated zip, pickle of foreign objects, not a torch file at all
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise CheckpointError(f"cannot read checkpoint {path}: {first[:160]}") from None
+
+
+def load_model(path: str, device="cpu"):
+    """Returns (model in eval mode on `device`, tokenizer, meta)."""
+    ckpt = read(path)
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a minidlm model checkpoint ({FORMAT})")
+    try:
+        cfg = ModelConfig(**ckpt["config"])
+        model = DiffusionLM(cfg)
+        model.load_state_dict({k: v.float() for k, v in ckpt["model"].items()})
+        tokenizer = Tokenizer.from_state_dict(ckpt["tokenizer"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise CheckpointError(f"incompatible checkpoint {path}: {first[:160]}") from None
+    if tokenizer.vocab_size != cfg.vocab_size:
+        raise CheckpointError(f"incompatible checkpoint {path}: tokenizer has "
+                              f"{tokenizer.vocab_size} ids, model {cfg.vocab_size}")
+    return model.to(device).eval(), tokenizer, ckpt.get("meta", {})

@@ -1,0 +1,37 @@
+"""Sample quality on the embedded corpus: the grammatical rate of generated continuations.
+
+The corpus grammar comes with an exact recognizer (corpus.is_grammatical), so a sample can be
+scored without a judge model: prompt with the first sentence of a held-out story, generate, and
+count which COMPLETE generated sentences the grammar can produce. The rate pools sentences over
+all samples (a sample with more sentences weighs more); a trailing fragment is not counted.
+"""
+import torch
+
+from .corpus import is_grammatical, split_sentences
+from .sampler import SamplerConfig, generate
+
+
+def held_out_prompts(val_docs, n: int) -> list:
+    """The first sentence of each of the first n validation stories."""
+    return [split_sentences(doc)[0] for doc in val_docs[:n]]
+
+
+def continuation_text(tokenizer, row) -> str:
+    """Decode one generated row, cut at the first end-of-text."""
+    row = row.tolist() if torch.is_tensor(row) else list(row)
+    if tokenizer.eot_id in row:
+        row = row[: row.index(tokenizer.eot_id)]
+    return tokenizer.decode(row)
+
+
+@torch.no_grad()
+def sample_grammatical_rate(model, tokenizer, prompts, cfg: SamplerConfig, seed=0, batch_size=16):
+    """(rate over all complete generated sentences, number of such sentences, the texts)."""
+    texts = []
+    for start in range(0, len(prompts), batch_size):
+        batch = [[tokenizer.eot_id] + tokenizer.encode(p) for p in prompts[start:start + batch_size]]
+        out = generate(model, batch, tokenizer.mask_id, tokenizer.eot_id, cfg, seed=seed + start)
+        texts.extend(continuation_text(tokenizer, row) for row in out)
+    complete = [s for text in texts for s in split_sentences(text) if s[-1] in ".!?"]
+    good = sum(is_grammatical(s) for s in complete)
+    return (good / len(complete) if complete else 0.0), len(complete), texts

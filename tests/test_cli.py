@@ -1,0 +1,119 @@
+"""The scripts end bad input with one line and exit code 2, and never lose a written checkpoint."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from minidlm.checkpoint import CheckpointError, load_model, save_model
+from minidlm.model import DiffusionLM, ModelConfig
+from minidlm.tokenizer import Tokenizer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TEXT = "\n\n".join(f"Story {i}. The cat sat on the mat and looked at the {w} sky. It was good."
+                   for i, w in enumerate(["blue", "grey", "red", "dark", "bright"] * 20))
+TINY = ["--n-layer", "1", "--d-model", "16", "--n-head", "2", "--seq-len", "32",
+        "--batch-size", "2", "--vocab-size", "300", "--eval-mc", "1", "--threads", "1"]
+
+
+def run(script, *args):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, os.path.join(ROOT, script), *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def assert_clean_error(result, needle):
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0] and "Traceback" not in result.stderr, result.stderr
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
+    tok = Tokenizer.train([TEXT], vocab_size=300)
+    torch.manual_seed(0)
+    model = DiffusionLM(ModelConfig(vocab_size=tok.vocab_size, n_layer=1, n_head=2, d_model=16,
+                                    max_seq_len=48))
+    save_model(str(path), model, tok, {"command": "test"})
+    return path
+
+
+def test_checkpoint_round_trip(checkpoint):
+    model, tok, meta = load_model(str(checkpoint))
+    assert meta["command"] == "test" and model.cfg.vocab_size == tok.vocab_size
+
+
+@pytest.mark.parametrize("content", [b"", b"not a checkpoint at all", "truncate"])
+def test_broken_checkpoints_raise_checkpoint_error(checkpoint, tmp_path, content):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(checkpoint.read_bytes()[:200] if content == "truncate" else content)
+    with pytest.raises(CheckpointError):
+        load_model(str(bad))
+
+
+def test_foreign_checkpoint_is_incompatible(tmp_path):
+    torch.save({"weights": torch.zeros(3)}, tmp_path / "foreign.pt")
+    with pytest.raises(CheckpointError, match="not a minidlm"):
+        load_model(str(tmp_path / "foreign.pt"))
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--checkpoint", "no/such/file.pt"], "not found"),
+    (["--gen-length", "30"], "not divisible by block length"),
+    (["--steps", "5"], "not divisible by the number of blocks"),
+    (["--temperature", "-1"], "temperature"),
+    (["--prompt", "the cat " * 40], "exceeds the model's context"),
+    (["--steps", "zero"], "invalid positive_int"),
+    (["--device", "quantum"], "unknown device"),
+])
+def test_sample_bad_input_is_one_line_and_exit_2(checkpoint, args, needle):
+    args = args if "--checkpoint" in args else ["--checkpoint", str(checkpoint), *args]
+    assert_clean_error(run("sample.py", "--gen-length", "16", "--block-length", "8", "--steps", "16", *args),
+                       needle)
+
+
+def test_sample_truncated_checkpoint(checkpoint, tmp_path):
+    bad = tmp_path / "cut.pt"
+    bad.write_bytes(checkpoint.read_bytes()[:1000])
+    assert_clean_error(run("sample.py", "--checkpoint", str(bad)), "cannot read checkpoint")
+
+
+def test_sample_writes_text_to_stdout_and_stats_to_stderr(checkpoint):
+    r = run("sample.py", "--checkpoint", str(checkpoint), "--prompt", "The cat", "--gen-length", "16",
+            "--steps", "16", "--block-length", "8", "--temperature", "1", "--num-samples", "2")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("The cat") == 2 and "tok/s" in r.stderr and "tok/s" not in r.stdout
+
+
+@pytest.mark.parametrize("content, needle", [("", "empty"), ("\x00\x01binary" * 300, "binary"),
+                                             ("too short", "needs 2000")])
+def test_train_bad_data_is_one_line_and_exit_2(tmp_path, content, needle):
+    data = tmp_path / "data.txt"
+    data.write_text(content)
+    assert_clean_error(run("train_tiny.py", "--data", str(data), "--out", str(tmp_path / "m.pt")), needle)
+
+
+def test_train_resume_and_no_overwrite(tmp_path):
+    data, out = tmp_path / "data.txt", tmp_path / "m.pt"
+    data.write_text(TEXT)
+    r = run("train_tiny.py", "--data", str(data), "--out", str(out), "--steps", "4",
+            "--eval-interval", "2", *TINY)
+    assert r.returncode == 0, r.stderr
+    assert load_model(str(out))[2]["step"] == 4
+    before = out.read_bytes()
+    assert_clean_error(run("train_tiny.py", "--data", str(data), "--out", str(out), *TINY), "exists")
+    assert out.read_bytes() == before  # refusing to start lost nothing
+    r = run("train_tiny.py", "--data", str(data), "--out", str(out), "--steps", "6", "--resume", *TINY)
+    assert r.returncode == 0 and "resuming" in r.stderr, r.stderr
+    assert load_model(str(out))[2]["step"] == 6
+
+
+def test_non_finite_loss_stops_and_keeps_the_checkpoint_readable(tmp_path):
+    data, out = tmp_path / "data.txt", tmp_path / "m.pt"
+    data.write_text(TEXT)
+    r = run("train_tiny.py", "--data", str(data), "--out", str(out), "--steps", "50",
+            "--eval-interval", "1", "--lr", "1e30", "--warmup", "0", *TINY)
+    assert r.returncode == 1 and "loss became" in r.stderr, r.stderr
+    load_model(str(out))  # whatever was last saved is a complete, readable file
