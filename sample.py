@@ -18,6 +18,7 @@ from minidlm.cli import ArgumentParser, die, pick_device, positive_int
 from minidlm.cota import CoTAConfig
 from minidlm.sampler import SamplerConfig, generate
 from minidlm.show import DenoisingView
+from minidlm.sinks import SinkProbe, describe, plot
 
 
 def parse_args(argv=None):
@@ -56,6 +57,11 @@ def parse_args(argv=None):
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default %(default)s)")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the model forward (none/prefix/dual; worth it on CUDA)")
+    p.add_argument("--sinks", action="store_true",
+                   help="probe attention sinks while sampling: print where the top sink sits at "
+                        "each step and layer, and the summary (stderr)")
+    p.add_argument("--plot", metavar="DIR", default=None,
+                   help="with --sinks: write the sink trajectory and attention maps (plot extra)")
     p.add_argument("--show", action="store_true", help="animate the denoising on stderr")
     p.add_argument("--show-delay", type=float, default=0.04, help="seconds per frame with --show")
     return p.parse_args(argv)
@@ -89,10 +95,26 @@ def main():
     except ValueError as e:
         die(str(e))
 
-    view = DenoisingView(tokenizer, len(max(prompts, key=len)), args.show_delay) if args.show else None
+    if args.plot and not args.sinks:
+        die("--plot draws the sink probe's figures: add --sinks")
+    if args.plot:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            die("--plot needs matplotlib: pip install -e '.[plot]'")
+    P = max(map(len, prompts))
+    view = DenoisingView(tokenizer, P, args.show_delay) if args.show else None
+    probe = SinkProbe(model, tokenizer, list(map(len, prompts)),
+                      snapshot_steps=(1, cfg.steps // 2, cfg.steps)) if args.sinks else None
+
+    def on_step(step, x, cache):
+        for observer in (view.draw if view else None, probe):
+            if observer is not None:
+                observer(step, x, cache)
+
     start, stats = time.time(), {}
     out = generate(model, prompts, tokenizer.mask_id, tokenizer.eot_id, cfg, seed=args.seed,
-                   on_step=view.draw if view else None, stats=stats)
+                   on_step=on_step if (view or probe) else None, stats=stats, observe=args.sinks)
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.time() - start
@@ -108,6 +130,11 @@ def main():
           f"({len(texts) * cfg.gen_length / seconds:.0f} tok/s) on {device.type}, cache {cfg.cache}: "
           f"{rows:,.0f} rows per layer computed{'; CoTA ' + cota_label(cfg.cota) if cfg.cota.ctae or cfg.cota.ctev else ''}; "
           f"model {args.checkpoint}", file=sys.stderr)
+    if probe:
+        print(describe(probe, P), file=sys.stderr)
+        if args.plot:
+            for path in plot(probe, args.plot, P):
+                print(f"wrote {path}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -27,8 +27,9 @@ returning the logits of the current block's columns; the model never knows which
 For CoTA's CTEV a cache also keeps, in `hidden`, the residual stream after each layer in
 `keep_hidden` for EVERY canvas position: the states the model actually used at this step, stale
 ones included (for rows a cache did not recompute, their last computed state). With
-`observe=True` it keeps every layer's state and, in `attention`, the attention weights in effect
-for every row (B, H, L, S + L) per layer, for the probes; observing changes no computation.
+`observe=True` it keeps every layer's state, in `attention` the attention weights in effect for
+every row (B, H, L, S + L) per layer, and in `value_norms` the mean over heads of ||v_j|| for
+every key (B, S + L) per layer, for the probes; observing changes no computation.
 
 CUDA-friendly: buffers are allocated once per `generate` call and written through index tensors
 (`scatter_`); the number of rows per step is a Python int fixed by the step's kind, so shapes are
@@ -82,6 +83,7 @@ class NoCache:
         self.observe = observe
         self.attention = [torch.zeros(self.batch, H, self.length, S + self.length, dtype=dtype,
                                       device=x.device) for _ in range(n_layer if observe else 0)]
+        self.value_norms = [None] * (n_layer if observe else 0)
 
     def count(self, rows: int):
         self.rows_computed = [n + self.batch * rows for n in self.rows_computed]
@@ -99,6 +101,8 @@ class NoCache:
             buffer[:, start:end] = trace.hidden[layer]
         for buffer, weights in zip(self.attention, trace.attn):  # drop an uncached sink query row
             buffer[:, :, start:end] = weights[:, :, weights.shape[2] - (end - start):]
+        for layer, values in enumerate(trace.values):  # values of every key, the sink's included
+            self.value_norms[layer] = values.norm(dim=-1).mean(1)
         return out[0]
 
     def full_forward(self, x, cache=None):
@@ -208,6 +212,7 @@ class FeatureCache(NoCache):
         if trace is not None:  # the recomputed rows' weights replace their stale ones
             weights = trace.attn[0]
             self.attention[layer].scatter_(2, rows[:, None, :, None].expand_as(weights), weights)
+            self.value_norms[layer] = trace.values[0].norm(dim=-1).mean(1)
         self.attn_out[layer].scatter_(1, index, attn)
         h = h + self.attn_out[layer]
         self.ffn_out[layer].scatter_(1, index, block.mlp(block.norm2(h.gather(1, index))))

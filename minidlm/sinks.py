@@ -1,0 +1,177 @@
+"""Attention-sink probe: where the sinks sit at every denoising step, and whether they move.
+
+"One Token Is Enough" (arXiv 2601.19657) and Rulli et al. (arXiv 2510.15731): in diffusion LMs
+the positions that soak up attention MOVE across denoising steps. Per step s, layer l and head h
+the probe takes the column mean of the attention in effect, c_j = (1/N) sum_i A_ij over the N
+real (non-padding) query rows, and records:
+
+- the top sink: argmax_j c_j over content keys (the [SINK] token, when present, is reported
+  separately as its mass c_0);
+- two sink sets: the RELATIVE rule c_j > 3 / N_keys (Rulli et al.'s threshold of 3), and the
+  STRICT rule that also asks for a value norm below the mean of the row's keys, so a content
+  hub (a well-attended token with a large value) is not mistaken for a no-op sink;
+- value norms ||v_j|| (mean over heads) of the top sinks and of the other positions.
+
+Summaries: top-sink switch rate between consecutive steps, Jaccard overlap of consecutive
+relative sink sets, distinct top-sink positions, the kind of token the top sink is ([MASK],
+punctuation/space, prompt, committed response token), mass on [SINK], value-norm ratio.
+The probe only observes (generate(..., observe=True)); it changes no token (tested).
+"""
+from collections import Counter
+
+import torch
+
+KINDS = ("mask", "punct/space", "prompt", "committed")
+
+
+class SinkProbe:
+    """Use: probe = SinkProbe(model, tok, prompt_lens); generate(..., on_step=probe, observe=True)."""
+
+    def __init__(self, model, tokenizer, prompt_lens, relative: float = 3.0, snapshot_steps=()):
+        self.tok, self.relative = tokenizer, relative
+        self.snapshot_steps, self.snapshots = set(snapshot_steps), {}  # step -> (n, L, S+L), row 0
+        self.sink = int(model.cfg.sink)
+        self.prompt_lens = list(prompt_lens)  # real prompt length of each row (without padding)
+        self.top, self.sets, self.strict_sets, self.kinds, self.top_mean = [], [], [], [], []
+        self.sink_mass, self.norm_ratio = [], []
+        punct = [tokenizer.is_punctuation_token(i) or tokenizer.is_whitespace_token(i)
+                 for i in range(tokenizer.vocab_size)]
+        self.punct = torch.tensor(punct)
+
+    def __call__(self, step, x, cache):
+        B, L = x.shape
+        pad = torch.tensor([max(self.prompt_lens) - p for p in self.prompt_lens], device=x.device)
+        real = torch.arange(L, device=x.device)[None] >= pad[:, None]            # (B, L) real rows
+        attn = torch.stack(cache.attention)                                       # (n, B, H, L, S+L)
+        if step in self.snapshot_steps:
+            self.snapshots[step] = attn[:, 0].mean(1).cpu()
+        weights = real[None, :, None, :, None].to(attn.dtype)
+        col = (attn * weights).sum(3) / real.sum(1)[None, :, None, None]          # (n, B, H, S+L)
+        content = col[..., self.sink:]                                            # (n, B, H, L)
+        norms = torch.stack(cache.value_norms)[..., self.sink:]                   # (n, B, L)
+        n_keys = real.sum(1)[None, :, None, None] + self.sink
+        is_sink = (content > self.relative / n_keys) & real[None, :, None, :]
+        below = norms < (norms * real[None]).sum(-1, keepdim=True) / real.sum(1)[None, :, None]
+        top = content.masked_fill(~real[None, :, None, :], -1).argmax(-1)         # (n, B, H)
+        self.top.append(top.cpu())
+        self.sets.append(is_sink.cpu())
+        self.strict_sets.append((is_sink & below[:, :, None, :]).cpu())
+        if self.sink:
+            self.sink_mass.append(col[..., 0].cpu())                              # (n, B, H)
+        top_norm = norms[:, :, None, :].expand_as(content).gather(-1, top[..., None])[..., 0]
+        self.norm_ratio.append((top_norm / norms.mean(-1, keepdim=True)).cpu())   # (n, B, H)
+        self.kinds.append(self._kinds(x, top, max(self.prompt_lens)))
+        head_mean = content.mean(2).masked_fill(~real[None], -1)                  # (n, B, L)
+        self.top_mean.append(head_mean.argmax(-1).cpu())
+
+    def _kinds(self, x, top, prompt_end):
+        """Kind of token at each top sink: (n, B, H) ints indexing KINDS."""
+        n, B, H = top.shape
+        flat = top.permute(1, 0, 2).reshape(B, n * H)
+        token = x.gather(1, flat)
+        kind = torch.full_like(token, 3)
+        kind[flat < prompt_end] = 2
+        kind[self.punct.to(x.device)[token.clamp(max=len(self.punct) - 1)]] = 1
+        kind[token == self.tok.mask_id] = 0
+        return kind.reshape(B, n, H).permute(1, 0, 2).cpu()
+
+    def summary(self) -> dict:
+        top = torch.stack(self.top)                 # (S, n, B, H)
+        sets = torch.stack(self.sets)               # (S, n, B, H, L)
+        strict = torch.stack(self.strict_sets)
+        switch = (top[1:] != top[:-1]).float()
+        inter = (sets[1:] & sets[:-1]).sum(-1).float()
+        union = (sets[1:] | sets[:-1]).sum(-1).float()
+        jaccard = torch.where(union > 0, inter / union.clamp_min(1), torch.ones(()))
+        distinct = torch.tensor([[[len(set(top[:, l, b, h].tolist())) for h in range(top.shape[3])]
+                                  for b in range(top.shape[2])] for l in range(top.shape[1])]).float()
+        kinds = Counter(torch.stack(self.kinds).flatten().tolist())
+        total = sum(kinds.values())
+        out = {
+            "steps": top.shape[0],
+            "switch_rate": switch.mean().item() if len(switch) else 0.0,
+            "switch_rate_by_layer": switch.mean((0, 2, 3)).tolist() if len(switch) else [],
+            "jaccard": jaccard.mean().item() if len(jaccard) else 1.0,
+            "distinct_top_sinks": distinct.mean().item(),
+            "relative_sinks_per_head": sets.sum(-1).float().mean().item(),
+            "strict_sinks_per_head": strict.sum(-1).float().mean().item(),
+            "top_sink_kind": {k: kinds.get(i, 0) / total for i, k in enumerate(KINDS)},
+            "top_sink_value_norm_ratio": torch.stack(self.norm_ratio).mean().item(),
+        }
+        if self.sink_mass:
+            mass = torch.stack(self.sink_mass)
+            out["sink_mass"] = mass.mean().item()
+            out["sink_mass_by_layer"] = mass.mean((0, 2, 3)).tolist()
+        return out
+
+    def trajectory(self, row: int = 0) -> list:
+        """Per layer, the top sink of the head-averaged column mean of `row`, at each step."""
+        return torch.stack(self.top_mean)[:, :, row].T.tolist()  # (n_layer, steps)
+
+
+def run_lengths(positions) -> str:
+    """'12x40 > 37x30': position 12 for 40 steps, then 37 for 30 steps."""
+    runs = []
+    for p in positions:
+        if runs and runs[-1][0] == p:
+            runs[-1][1] += 1
+        else:
+            runs.append([p, 1])
+    return " > ".join(f"{p}x{n}" for p, n in runs)
+
+
+def plot(probe: SinkProbe, folder: str, prompt_len: int) -> list:
+    """Write the sink trajectory and the attention maps at the snapshot steps; returns the paths."""
+    import os
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    os.makedirs(folder, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for layer, positions in enumerate(probe.trajectory(0)):
+        ax.plot(range(1, len(positions) + 1), positions, drawstyle="steps-post", label=f"layer {layer + 1}")
+    ax.axhline(prompt_len - 0.5, color="grey", lw=0.8, ls=":")
+    ax.set_xlabel("denoising step")
+    ax.set_ylabel("top-sink position")
+    ax.set_title("Where the sink sits (head-averaged column mean, sample 1)")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    paths = [os.path.join(folder, "sink_trajectory.png")]
+    fig.savefig(paths[0], dpi=120)
+    plt.close(fig)
+    if probe.snapshots:
+        steps = sorted(probe.snapshots)
+        n = probe.snapshots[steps[0]].shape[0]
+        layers = sorted({0, n // 2, n - 1})
+        fig, axes = plt.subplots(len(steps), len(layers), figsize=(3 * len(layers), 3 * len(steps)),
+                                 squeeze=False)
+        for r, step in enumerate(steps):
+            for c, layer in enumerate(layers):
+                axes[r][c].imshow(probe.snapshots[step][layer], cmap="magma", aspect="auto")
+                axes[r][c].set_title(f"step {step}, layer {layer + 1}", fontsize=8)
+                axes[r][c].set_xlabel("key" + (" (0 = [SINK])" if probe.sink else ""), fontsize=7)
+                axes[r][c].set_ylabel("query", fontsize=7)
+        fig.tight_layout()
+        paths.append(os.path.join(folder, "attention_maps.png"))
+        fig.savefig(paths[-1], dpi=110)
+        plt.close(fig)
+    return paths
+
+
+def describe(probe: SinkProbe, prompt_len: int) -> str:
+    """The compact terminal view: top-sink trajectory per layer (row 0), then the summary."""
+    lines = [f"top sink per layer (head-averaged column mean, sample 1; position x steps; "
+             f"the response starts at {prompt_len}):"]
+    for layer, positions in enumerate(probe.trajectory(0)):
+        lines.append(f"  layer {layer + 1:2d}: {run_lengths(positions)}")
+    s = probe.summary()
+    kinds = ", ".join(f"{k} {v:.0%}" for k, v in s["top_sink_kind"].items())
+    lines.append(f"switch rate {s['switch_rate']:.1%} per step | Jaccard of consecutive sink sets "
+                 f"{s['jaccard']:.2f} | distinct top sinks {s['distinct_top_sinks']:.1f} per head")
+    lines.append(f"sinks per head: {s['relative_sinks_per_head']:.1f} (c_j > 3/N), "
+                 f"{s['strict_sinks_per_head']:.1f} (and value norm below the mean) | top sink is: {kinds}")
+    lines.append(f"top sink value norm / mean value norm: {s['top_sink_value_norm_ratio']:.2f}")
+    if "sink_mass" in s:
+        by_layer = " ".join(f"{m:.0%}" for m in s["sink_mass_by_layer"])
+        lines.append(f"attention mass on [SINK]: {s['sink_mass']:.1%} (by layer: {by_layer})")
+    return "\n".join(lines)
