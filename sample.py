@@ -16,6 +16,7 @@ import torch
 from minidlm.checkpoint import CheckpointError, load_model
 from minidlm.cli import ArgumentParser, die, pick_device, positive_int
 from minidlm.cota import CoTAConfig
+from minidlm.evaluate import continuation_text
 from minidlm.sampler import SamplerConfig, generate
 from minidlm.show import DenoisingView
 from minidlm.sinks import SinkProbe, describe, plot
@@ -107,29 +108,29 @@ def main():
     probe = SinkProbe(model, tokenizer, list(map(len, prompts)),
                       snapshot_steps=(1, cfg.steps // 2, cfg.steps)) if args.sinks else None
 
+    observers = [o for o in (view.draw if view else None, probe) if o is not None]
+
     def on_step(step, x, cache):
-        for observer in (view.draw if view else None, probe):
-            if observer is not None:
-                observer(step, x, cache)
+        for observer in observers:
+            observer(step, x, cache)
 
     start, stats = time.time(), {}
     out = generate(model, prompts, tokenizer.mask_id, tokenizer.eot_id, cfg, seed=args.seed,
-                   on_step=on_step if (view or probe) else None, stats=stats, observe=args.sinks)
+                   on_step=on_step if observers else None, stats=stats, observe=args.sinks)
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.time() - start
     if view:
         view.close()
-    for text, row in zip(texts, out.tolist()):
-        body = row[: row.index(tokenizer.eot_id)] if tokenizer.eot_id in row else row
-        print(text + tokenizer.decode(body))
+    for text, row in zip(texts, out):
+        print(text + continuation_text(tokenizer, row))
         if len(texts) > 1:
             print()
     rows = sum(stats["rows_per_layer"]) / len(stats["rows_per_layer"])
+    cota = f"; CoTA {cota_label(cfg.cota)}" if cfg.cota.ctae or cfg.cota.ctev else ""
     print(f"{len(texts)} x {cfg.gen_length} tokens in {cfg.steps} steps, {seconds:.2f}s "
           f"({len(texts) * cfg.gen_length / seconds:.0f} tok/s) on {device.type}, cache {cfg.cache}: "
-          f"{rows:,.0f} rows per layer computed{'; CoTA ' + cota_label(cfg.cota) if cfg.cota.ctae or cfg.cota.ctev else ''}; "
-          f"model {args.checkpoint}", file=sys.stderr)
+          f"{rows:,.0f} rows per layer computed{cota}; model {args.checkpoint}", file=sys.stderr)
     if probe:
         print(describe(probe, P), file=sys.stderr)
         if args.plot:
