@@ -54,6 +54,15 @@ ROWS = [  # (name, sampler settings, CoTA settings)
     ("feature, stale-first refresh (ours)", {**FEATURE, "cache_stale_first": True}, {}),
     ("none + CoTA (paper)", {}, {**CTAE, **CTEV}),
 ]
+SWEEP_ROWS = [  # --sweep: the paper's method at other strengths (the release's constants included)
+    ("feature K_r 7, rho 0.25", FEATURE, {}),
+    ("feature + CTAE tau 2, gamma 0.75 (release)", FEATURE, dict(ctae=True, ctae_tau=2.0, ctae_gamma=0.75)),
+    ("feature + CTAE tau 2, gamma 0.1 (strong)", FEATURE, dict(ctae=True, ctae_tau=2.0, ctae_gamma=0.1)),
+    ("feature + CTEV lambda 0.25 (release)", FEATURE, dict(ctev=True, ctev_lambda=0.25)),
+    ("feature + CTEV lambda 0.25, w 0", FEATURE, dict(ctev=True, ctev_lambda=0.25, ctev_window=0)),
+    ("feature + CoTA release constants", FEATURE, dict(ctae=True, ctae_tau=2.0, ctae_gamma=0.75,
+                                                       ctev=True, ctev_lambda=0.25)),
+]
 COLUMNS = ["ARR", "SRR", "MRL", "seq_rep_2", "distinct_2", "length", "grammatical", "tok_s"]
 
 
@@ -158,6 +167,8 @@ def main():
     p.add_argument("--flow-prompts", type=int, default=50,
                    help="prompts for the information-flow view (0 skips it)")
     p.add_argument("--plot", default=None, metavar="DIR", help="write the information-flow figure here")
+    p.add_argument("--sweep", action="store_true",
+                   help="instead of the main rows: CoTA at other strengths (tau, gamma, lambda, w)")
     p.add_argument("--quick", action="store_true", help="32 prompts, seed 0 only")
     args = p.parse_args()
     if args.quick:
@@ -174,7 +185,7 @@ def main():
     except (ValueError, CheckpointError, CorpusError) as e:
         die(str(e))
     grammar = args.data is None
-    rows = [r for r in ROWS if args.rows is None or any(s.strip() in r[0] for s in args.rows.split(","))]
+    rows = [r for r in (SWEEP_ROWS if args.sweep else ROWS) if args.rows is None or any(s.strip() in r[0] for s in args.rows.split(","))]
     if not rows:
         die(f"--rows {args.rows!r} matches no row")
     columns = COLUMNS if grammar else [c for c in COLUMNS if c != "grammatical"]
