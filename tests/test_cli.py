@@ -1,4 +1,5 @@
 """The scripts end bad input with one line and exit code 2, and never lose a written checkpoint."""
+import json
 import os
 import subprocess
 import sys
@@ -117,3 +118,25 @@ def test_non_finite_loss_stops_and_keeps_the_checkpoint_readable(tmp_path):
             "--eval-interval", "1", "--lr", "1e30", "--warmup", "0", *TINY)
     assert r.returncode == 1 and "loss became" in r.stderr, r.stderr
     load_model(str(out))  # whatever was last saved is a complete, readable file
+
+
+def test_repeat_study_on_a_users_text_drops_the_grammar_column(tmp_path):
+    data = tmp_path / "mine.txt"
+    data.write_text(TEXT)
+    out = tmp_path / "rows.json"
+    r = run("repeat_study.py", "--data", str(data), "--prompts", "2", "--seeds", "0", "--gen-length", "8",
+            "--rows", "stale-first", "--flow-prompts", "0", "--json", str(out))
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(out.read_text())
+    assert rows[0]["mode"].startswith("feature, stale-first") and {"ARR", "SRR"} <= set(rows[0])
+    assert "grammatical" not in r.stdout
+
+
+def test_sink_compare_writes_rows_with_the_promised_fields(tmp_path):
+    out = tmp_path / "cmp.json"
+    r = run("sink_compare.py", "--arm", "base=checkpoints/tiny.pt", "--prompts", "2", "--windows", "2",
+            "--mc", "1", "--json", str(out))
+    assert r.returncode == 0, r.stderr
+    row = json.loads(out.read_text())[0]
+    assert row["model"] == "base" and {"nelbo", "switch_rate", "sink_mass"} <= set(row)
+    assert_clean_error(run("sink_compare.py", "--arm", "base=no/such.pt"), "not found")
