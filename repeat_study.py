@@ -26,10 +26,10 @@ import torch
 
 from minidlm.checkpoint import CheckpointError, load_model
 from minidlm.cli import ArgumentParser, die, pick_device, positive_int
-from minidlm.corpus import CorpusError, is_grammatical, split_sentences
+from minidlm.corpus import CorpusError
 from minidlm.cota import CoTAConfig
 from minidlm.data import load_documents
-from minidlm.evaluate import continuation_text, held_out_prompts
+from minidlm.evaluate import continuation_text, held_out_prompts, pooled_grammatical_rate
 from minidlm.infoflow import FlowRecorder
 from minidlm.repetition import clean_response, repetition_report
 from minidlm.sampler import SamplerConfig, generate
@@ -66,6 +66,12 @@ SWEEP_ROWS = [  # --sweep: the paper's method at other strengths (the release's 
 COLUMNS = ["ARR", "SRR", "MRL", "seq_rep_2", "distinct_2", "length", "grammatical", "tok_s"]
 
 
+def study_prompts(tok, val_docs, seed, n, limit):
+    """The first sentences of n validation stories drawn with `seed`, as prompt ids."""
+    docs = random.Random(seed).sample(val_docs, min(n, len(val_docs)))
+    return [([tok.eot_id] + tok.encode(t))[-limit:] for t in held_out_prompts(docs, len(docs))]
+
+
 def run_row(model, tok, prompts, gen_length, settings, cota, batch_size):
     cfg = SamplerConfig(gen_length=gen_length, steps=gen_length, block_length=gen_length,
                         cota=CoTAConfig(**cota), **settings)
@@ -83,9 +89,8 @@ def score(tok, outputs, grammar: bool):
     cleaned = [clean_response(row, tok.eot_id, tok.is_whitespace_token) for row in outputs]
     metrics = repetition_report(cleaned).as_dict()
     if grammar:
-        sentences = [s for row in outputs for s in split_sentences(continuation_text(tok, row))
-                     if s[-1] in ".!?"]
-        metrics["grammatical"] = sum(map(is_grammatical, sentences)) / max(1, len(sentences))
+        texts = [continuation_text(tok, row) for row in outputs]
+        metrics["grammatical"] = pooled_grammatical_rate(texts)[0]
     return metrics
 
 
@@ -193,12 +198,11 @@ def main():
     if limit < 2:
         die(f"--gen-length {args.gen_length} leaves no room for a prompt in the model's "
             f"{model.cfg.max_seq_len}-token context")
+    prompt_sets = [study_prompts(tok, val_docs, seed, args.prompts, limit) for seed in args.seeds]
     results = []
     for name, settings, cota in rows:
         per_seed = []
-        for seed in args.seeds:
-            docs = random.Random(seed).sample(val_docs, min(args.prompts, len(val_docs)))
-            prompts = [([tok.eot_id] + tok.encode(t))[-limit:] for t in held_out_prompts(docs, len(docs))]
+        for prompts in prompt_sets:
             outputs, tok_s = run_row(model, tok, prompts, args.gen_length, settings, cota, args.batch_size)
             per_seed.append({**score(tok, outputs, grammar), "tok_s": tok_s})
         row = {"mode": name, **{c: sum(s[c] for s in per_seed) / len(per_seed) for c in per_seed[0]},
@@ -211,8 +215,7 @@ def main():
     print(markdown(results, columns))
     flow = None
     if args.flow_prompts > 0:
-        docs = random.Random(args.seeds[0]).sample(val_docs, min(args.flow_prompts, len(val_docs)))
-        prompts = [([tok.eot_id] + tok.encode(t))[-limit:] for t in held_out_prompts(docs, len(docs))]
+        prompts = study_prompts(tok, val_docs, args.seeds[0], args.flow_prompts, limit)
         flow, deep = information_flow(model, tok, prompts, args.gen_length, args.batch_size)
         print(f"\nInformation flow ({len(prompts)} prompts, seed {args.seeds[0]}): logit-lens entropy "
               f"/ log V by layer at the commit step, and the deep-layer attention mass near each position")

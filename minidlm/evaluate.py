@@ -32,6 +32,12 @@ def sample_grammatical_rate(model, tokenizer, prompts, cfg: SamplerConfig, seed=
         batch = [[tokenizer.eot_id] + tokenizer.encode(p) for p in prompts[start:start + batch_size]]
         out = generate(model, batch, tokenizer.mask_id, tokenizer.eot_id, cfg, seed=seed + start)
         texts.extend(continuation_text(tokenizer, row) for row in out)
+    rate, n = pooled_grammatical_rate(texts)
+    return rate, n, texts
+
+
+def pooled_grammatical_rate(texts):
+    """(share of the complete sentences of all texts that the grammar accepts, their number)."""
     complete = [s for text in texts for s in split_sentences(text) if s[-1] in ".!?"]
     good = sum(is_grammatical(s) for s in complete)
-    return (good / len(complete) if complete else 0.0), len(complete), texts
+    return (good / len(complete) if complete else 0.0), len(complete)
