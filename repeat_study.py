@@ -51,6 +51,9 @@ ROWS = [  # (name, sampler settings, CoTA settings)
     ("feature + CoTA (paper)", FEATURE, {**CTAE, **CTEV}),
     ("feature + CTEV context (authors' later)", FEATURE, dict(ctev=True, ctev_mode="context",
                                                               ctev_window=5, ctev_lambda=0.25)),
+    ("feature + CTAR (authors' later)", FEATURE, dict(ctar=True)),
+    ("feature + CTAR + CTEV context (authors' later CoTA)", FEATURE,
+     dict(ctar=True, ctev=True, ctev_mode="context", ctev_window=5, ctev_lambda=0.25)),
     ("feature, stale-first refresh (ours)", {**FEATURE, "cache_stale_first": True}, {}),
     ("none + CoTA (paper)", {}, {**CTAE, **CTEV}),
 ]

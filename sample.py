@@ -54,6 +54,12 @@ def parse_args(argv=None):
     c.add_argument("--ctev-mode", default="self", choices=["self", "context"],
                    help="self: the paper; context: the authors' later variant (only committed "
                         "neighbours count; use with --ctev-window 5 --ctev-lambda 0.25)")
+    v = p.add_argument_group("the authors' later variants (not the paper's CoTA)")
+    v.add_argument("--ctar", action="store_true",
+                   help="CTAR: with --cache feature, also recompute deep-layer rows whose +-w "
+                        "neighbourhood gained a committed token (staleness repair); pair it with "
+                        "--ctev --ctev-mode context for the authors' later CoTA")
+    v.add_argument("--ctar-window", type=int, default=5, help="CTAR neighbourhood w (default %(default)s)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default %(default)s)")
     p.add_argument("--compile", action="store_true",
@@ -70,7 +76,9 @@ def parse_args(argv=None):
 
 def cota_label(c: CoTAConfig) -> str:
     parts = [f"CTAE tau {c.ctae_tau} gamma {c.ctae_gamma}"] if c.ctae else []
-    parts += [f"CTEV lambda {c.ctev_lambda} w {c.ctev_window}"] if c.ctev else []
+    parts += [f"CTEV lambda {c.ctev_lambda} w {c.ctev_window}"
+              + (" (context)" if c.ctev_mode == "context" else "")] if c.ctev else []
+    parts += [f"CTAR w {c.ctar_window}"] if c.ctar else []
     return " + ".join(parts)
 
 
@@ -90,12 +98,16 @@ def main():
                         cota=CoTAConfig(ctae=args.cota or args.ctae, ctae_tau=args.ctae_tau,
                                         ctae_gamma=args.ctae_gamma, ctev=args.cota or args.ctev,
                                         ctev_lambda=args.ctev_lambda, ctev_window=args.ctev_window,
-                                        ctev_mode=args.ctev_mode))
+                                        ctev_mode=args.ctev_mode, ctar=args.ctar,
+                                        ctar_window=args.ctar_window))
     try:
         cfg.validate(max(map(len, prompts)), model.cfg.max_seq_len, model.cfg.n_layer)
     except ValueError as e:
         die(str(e))
 
+    if args.ctar and args.cache != "feature":
+        print(f"note: --ctar repairs stale rows of the feature cache; --cache {args.cache} recomputes "
+              f"every row next to a new commit anyway, so CTAR changes nothing here", file=sys.stderr)
     if args.plot and not args.sinks:
         die("--plot draws the sink probe's figures: add --sinks")
     if args.plot:
@@ -127,7 +139,7 @@ def main():
         if len(texts) > 1:
             print()
     rows = sum(stats["rows_per_layer"]) / len(stats["rows_per_layer"])
-    cota = f"; CoTA {cota_label(cfg.cota)}" if cfg.cota.ctae or cfg.cota.ctev else ""
+    cota = f"; CoTA {cota_label(cfg.cota)}" if cfg.cota.ctae or cfg.cota.ctev or cfg.cota.ctar else ""
     print(f"{len(texts)} x {cfg.gen_length} tokens in {cfg.steps} steps, {seconds:.2f}s "
           f"({len(texts) * cfg.gen_length / seconds:.0f} tok/s) on {device.type}, cache {cfg.cache}: "
           f"{rows:,.0f} rows per layer computed{cota}; model {args.checkpoint}", file=sys.stderr)

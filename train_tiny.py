@@ -25,6 +25,7 @@ from minidlm.diffusion import describe_nelbo, evaluate_nelbo, nelbo_loss
 from minidlm.evaluate import held_out_prompts, sample_grammatical_rate
 from minidlm.model import DiffusionLM, ModelConfig
 from minidlm.sampler import SamplerConfig
+from minidlm.sinks import training_curve_point
 from minidlm.tokenizer import Tokenizer
 
 
@@ -52,6 +53,8 @@ def parse_args(argv=None):
     s.add_argument("--warmup", type=int, default=100, help="linear warm-up steps")
     s.add_argument("--eval-interval", type=positive_int, default=250, help="validate and save every N steps")
     s.add_argument("--eval-mc", type=positive_int, default=16, help="Monte-Carlo samples per window in the final NELBO")
+    s.add_argument("--curve-every", type=positive_int, default=100,
+                   help="log the sink-emergence curve (minidlm/sinks.py) every N steps (default %(default)s)")
     args = p.parse_args(argv)
     if not (args.lr > 0 and math.isfinite(args.lr)) or args.weight_decay < 0 or args.warmup < 0:
         p.error("--lr must be positive, --weight-decay and --warmup non-negative")
@@ -136,13 +139,25 @@ def main():
     print(f"model: {model.num_params():,} parameters, {cfg}", file=sys.stderr)
 
     command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
+    curve = state.get("curve", []) if state else []  # sink emergence: one point per --curve-every steps
+    curve_windows = val[:8]
+
+    def log_curve():
+        point = {"step": step, "tokens": step * args.batch_size * args.seq_len,
+                 **training_curve_point(model, curve_windows, tokenizer.mask_id, seed=args.seed)}
+        curve.append(point)
+        sink = f", mass on [SINK] {point['sink_mass']:.1%}" if point["sink_mass"] is not None else ""
+        print(f"step {step}: top content sink mass {point['top_mass']:.1%}, its value norm / mean "
+              f"{point['top_value_ratio']:.2f}{sink}", file=sys.stderr)
 
     def save(final_metrics=None):
-        meta = {"command": command, "args": vars(args), "step": step, "metrics": final_metrics or {}}
+        meta = {"command": command, "args": vars(args), "step": step, "metrics": final_metrics or {},
+                "curve": curve}
         save_model(args.out, model, tokenizer, meta)
         atomic_save({"args": vars(args), "step": step, "model": model.state_dict(),
                      "optimizer": opt.state_dict(), "tokenizer": tokenizer.state_dict(),
-                     "batch_rng": batch_gen.get_state(), "mask_rng": mask_gen.get_state().cpu()},
+                     "batch_rng": batch_gen.get_state(), "mask_rng": mask_gen.get_state().cpu(),
+                     "curve": curve},
                     state_path(args.out))
 
     def validate(n_mc):
@@ -154,6 +169,8 @@ def main():
     tokens_per_step = args.batch_size * args.seq_len
     start, start_step, tty = time.time(), step, sys.stderr.isatty()
     model.train()
+    if not curve:
+        log_curve()
     while step < args.steps:
         for group in opt.param_groups:
             group["lr"] = learning_rate(step, args)
@@ -172,6 +189,8 @@ def main():
             line = progress_line(step, args.steps, loss.item(),
                                  (step - start_step) * tokens_per_step / elapsed, elapsed)
             print("\r" + line if tty else line, end="" if tty else "\n", file=sys.stderr, flush=True)
+        if step % args.curve_every == 0 or step == args.steps:
+            log_curve()
         if step % args.eval_interval == 0 and step < args.steps:
             nats, se = validate(n_mc=4)
             print(("\n" if tty else "") + f"step {step}: quick " + describe_nelbo(nats, se), file=sys.stderr)
@@ -185,10 +204,17 @@ def main():
     print(f"final {describe_nelbo(nats, se)}; {minutes:.1f} min of training", file=sys.stderr)
     if args.data is None:  # the embedded corpus has a grammar to score samples against
         model.eval()
-        rate, n, _ = sample_grammatical_rate(model, tokenizer, held_out_prompts(val_docs, 32),
-                                             SamplerConfig(gen_length=64, steps=64, block_length=32))
-        metrics.update(grammatical_rate=rate, grammatical_sentences=n)
-        print(f"grammatical rate of greedy samples: {rate:.1%} of {n} sentences", file=sys.stderr)
+        prompts = held_out_prompts(val_docs, 32)
+        room = args.seq_len - 1 - max(len(tokenizer.encode(t)) for t in prompts)
+        gen = min(64, room // 32 * 32)  # whole 32-token blocks that fit beside the longest prompt
+        if gen > 0:
+            rate, n, _ = sample_grammatical_rate(model, tokenizer, prompts,
+                                                 SamplerConfig(gen_length=gen, steps=gen, block_length=32))
+            metrics.update(grammatical_rate=rate, grammatical_sentences=n)
+            print(f"grammatical rate of greedy samples: {rate:.1%} of {n} sentences", file=sys.stderr)
+        else:
+            print(f"no grammatical rate: --seq-len {args.seq_len} leaves no room to sample 32 tokens "
+                  f"after a prompt", file=sys.stderr)
     save(metrics)
     print(f"saved {args.out}", file=sys.stderr)
 

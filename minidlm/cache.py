@@ -23,6 +23,9 @@ returning the logits of the current block's columns; the model never knows which
   them, then on the least similar rows. The similarity rule misses exactly those rows: a
   just-committed neighbour leaves a row's own V almost unchanged, and in layer 0 every [MASK]
   row has the same V, so ties decide.
+  With CoTA's CTAR (cota.py) the deep-band layers get an extra budget of (2w + 1) rows per token
+  committed in a step and put rows whose +-w neighbourhood changed since their last compute first:
+  every such row is recomputed (the budget covers all of them), the rest goes by similarity.
 
 For CoTA's CTEV a cache also keeps, in `hidden`, the residual stream after each layer in
 `keep_hidden` for EVERY canvas position: the states the model actually used at this step, stale
@@ -158,13 +161,19 @@ class FeatureCache(NoCache):
         rows = torch.arange(self.length, device=device).expand(self.batch, -1)
         self.prompt_rows, self.response_rows = rows[:, :prompt_len], rows[:, prompt_len:]
         self.stale_first = cfg.cache_stale_first
+        n_response = self.length - prompt_len
+        self.repair_layers = set(cfg.cota.deep_layers(n_layer)) if cfg.cota.ctar else set()
+        self.repair_window = cfg.cota.ctar_window
+        steps_per_block = cfg.steps // (cfg.gen_length // cfg.block_length)
+        per_step = -(-cfg.block_length // steps_per_block)  # most tokens committed in one step
+        self.n_repair = min(n_response, self.n_partial + per_step * (2 * self.repair_window + 1))
         self.previous = x.clone()  # the canvas at the last step, to see what was committed
         self.changed_at = torch.zeros(self.batch, self.length, dtype=torch.long, device=device)
         self.computed_at = torch.zeros(n_layer, self.batch, self.length, dtype=torch.long, device=device)
 
     def logits(self, x, lo, hi, block_start):
         self.step += 1
-        if self.stale_first:
+        if self.stale_first or self.repair_layers:
             self.changed_at.masked_fill_(x != self.previous, self.step)
             self.previous.copy_(x)
         refresh_prompt = (self.step - 1) % self.K_p == 0
@@ -172,12 +181,15 @@ class FeatureCache(NoCache):
         parts = ([self.prompt_rows] if refresh_prompt else []) + \
                 ([self.response_rows] if refresh_response else [])
         fixed = torch.cat(parts, dim=1) if parts else self.prompt_rows[:, :0]
-        partial = self.n_partial > 0 and not refresh_response
         h, (cos, sin) = self.model.embed_rows(x, self.positions)
         for layer, block in enumerate(self.model.blocks):
             rows = fixed
-            if partial:
-                rows = torch.cat([fixed, self.least_similar_rows(layer, block, h)], dim=1)
+            if layer in self.repair_layers:  # CTAR: stale neighbourhoods first, larger budget
+                n, window = self.n_repair, self.repair_window
+            else:                            # dLLM-Cache (or ours, stale-first within +-1)
+                n, window = self.n_partial, 1 if self.stale_first else 0
+            if n > 0 and not refresh_response:
+                rows = torch.cat([fixed, self.least_similar_rows(layer, block, h, n, window)], dim=1)
             if rows.shape[1]:
                 h = self.run_rows(layer, block, h, rows, cos, sin)
             else:  # nothing to refresh in this layer: reuse both outputs for every row
@@ -186,18 +198,20 @@ class FeatureCache(NoCache):
                 self.hidden[self.keep_hidden.index(layer)] = h
         return self.model.head(self.model.norm(h[:, lo:hi]))
 
-    def least_similar_rows(self, layer, block, h):
-        """The n_partial response rows whose fresh V is least similar to the cached V."""
+    def least_similar_rows(self, layer, block, h, n, window):
+        """The n response rows whose fresh V is least similar to the cached V; with window > 0,
+        rows whose +-window neighbourhood changed since this layer computed them come first."""
         P = self.prompt_len
         w_v = block.attn.wqkv.weight[2 * self.model.cfg.d_model:]  # the V projection only
         fresh = F.linear(block.norm1(h[:, P:]), w_v)                  # (B, G, d)
         cached = self.kv.v[layer][:, :, self.kv.sink + P:].transpose(1, 2).flatten(2)
         priority = F.cosine_similarity(fresh, cached, dim=-1)        # (B, G), low goes first
-        if self.stale_first:  # neighbourhood changed after this layer computed the row: first
-            changed = F.max_pool1d(self.changed_at[:, None].float(), 3, stride=1, padding=1)[:, 0]
+        if window:  # neighbourhood changed after this layer computed the row: first
+            changed = F.max_pool1d(self.changed_at[:, None].float(), 2 * window + 1, stride=1,
+                                   padding=window)[:, 0]
             stale = changed[:, P:] > self.computed_at[layer][:, P:]
             priority = priority - 3.0 * stale  # cosine similarity lies in [-1, 1]
-        return priority.topk(self.n_partial, dim=-1, largest=False).indices + P
+        return priority.topk(n, dim=-1, largest=False).indices + P
 
     def run_rows(self, layer, block, h, rows, cos, sin):
         """Recompute attention and FFN for `rows` (B, R); reuse the cached outputs elsewhere."""

@@ -27,6 +27,13 @@ Variant (the authors' later code, "context" CTEV): the mean runs only over COMMI
 within +-w (w = 5 there, lambda 0.25) and is zero when there are none; the just-committed
 neighbour's entropy is what the penalty is about, not the masked slot's own. `ctev_mode`
 chooses: "self" (the paper, default) or "context".
+
+Variant (the authors' later code), CTAR, context-token attention repair, in place of CTAE: with
+the feature cache, in the deep band, a response row whose +-`ctar_window` (5) neighbourhood gained
+a committed token since that layer last computed it is recomputed (attention against the current
+keys, then its FFN) on top of the cache's own choice of rows. It repairs staleness instead of
+adding a distance prior. The other samplers recompute every row near a new commit anyway (the
+whole canvas, or the whole current block), so CTAR only acts in the feature cache (cache.py).
 """
 import math
 from dataclasses import dataclass
@@ -46,6 +53,8 @@ class CoTAConfig:
     ctev_window: int = 1
     ctev_deep_fraction: float = 0.2
     ctev_mode: str = "self"       # "self" (paper) or "context" (authors' later variant)
+    ctar: bool = False            # authors' later staleness repair (feature cache, deep band)
+    ctar_window: int = 5
 
     def validate(self, n_layer: int):
         if not (0 < self.ctae_gamma <= 1) or not self.ctae_tau > 0:
@@ -54,6 +63,8 @@ class CoTAConfig:
             raise ValueError(f"CTAE layers must lie in 0..{n_layer - 1}")
         if self.ctev_lambda < 0 or self.ctev_window < 0 or not 0 < self.ctev_deep_fraction <= 1:
             raise ValueError("CTEV needs lambda >= 0, window >= 0 and 0 < deep fraction <= 1")
+        if self.ctar_window < 0:
+            raise ValueError("CTAR needs a window >= 0")
         if self.ctev_mode not in ("self", "context"):
             raise ValueError(f"CTEV mode must be 'self' or 'context', got {self.ctev_mode!r}")
 

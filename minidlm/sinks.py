@@ -109,6 +109,38 @@ class SinkProbe:
         return torch.stack(self.top_mean)[:, :, row].T.tolist()  # (n_layer, steps)
 
 
+@torch.no_grad()
+def training_curve_point(model, windows, mask_id, mask_ratio: float = 0.5, seed: int = 0) -> dict:
+    """Sink statistics of one forward over validation windows, half masked, for the emergence
+    curve that train_tiny.py logs. Per layer and head, c_j is the column mean over the content
+    query rows (the [SINK] row excluded). Returns means over layers, heads and windows of:
+    top_mass (max_j c_j over content keys), sink_mass (c_0 on [SINK]; None without one),
+    top_value_ratio (value norm of the top content key / mean content value norm) and
+    sink_value_ratio (the same for [SINK]). Uses its own generator: training RNG is untouched."""
+    was_training = model.training
+    model.eval()
+    g = torch.Generator(device=windows.device).manual_seed(seed)
+    masked = torch.rand(windows.shape, generator=g, device=windows.device) < mask_ratio
+    _, trace = model(torch.where(masked, mask_id, windows), trace=True)
+    model.train(was_training)
+    s = int(model.cfg.sink)
+    top_mass, sink_mass, top_ratio, sink_ratio = [], [], [], []
+    for attn, values in zip(trace.attn, trace.values):
+        col = attn[:, :, s:].mean(2)                              # (B, H, S + T)
+        norms = values.norm(dim=-1).mean(1)                       # (B, S + T), mean over heads
+        content, content_norms = col[..., s:], norms[:, s:]
+        mean_norm = content_norms.mean(-1, keepdim=True)
+        mass, top = content.max(-1)                               # (B, H)
+        top_mass.append(mass.mean())
+        top_ratio.append((content_norms.gather(1, top) / mean_norm).mean())
+        if s:
+            sink_mass.append(col[..., 0].mean())
+            sink_ratio.append((norms[:, :1] / mean_norm).mean())
+    mean = lambda xs: torch.stack(xs).mean().item() if xs else None
+    return {"top_mass": mean(top_mass), "sink_mass": mean(sink_mass),
+            "top_value_ratio": mean(top_ratio), "sink_value_ratio": mean(sink_ratio)}
+
+
 def run_lengths(positions) -> str:
     """'12x40 > 37x30': position 12 for 40 steps, then 37 for 30 steps."""
     runs = []

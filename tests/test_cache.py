@@ -4,6 +4,7 @@ import torch
 from hypothesis import given, strategies as st
 
 from conftest import MASK_ID, PAD_ID, VOCAB, tiny_model
+from minidlm.cota import CoTAConfig
 from minidlm.sampler import SamplerConfig, generate
 
 MODELS = {sink: tiny_model(sink=sink, n_layer=3) for sink in (False, True)}
@@ -86,6 +87,40 @@ def test_stale_first_refreshes_the_neighbours_of_new_commits():
     cache.logits(x, 2, 12, False)          # step 2: partial
     for layer in range(model.cfg.n_layer):
         assert set(torch.nonzero(cache.computed_at[layer][0] == 2).flatten().tolist()) == {5, 6, 7}
+
+
+@given(prompts=prompts_strategy, sink=st.booleans(), window=st.integers(0, 6))
+def test_ctar_refreshed_every_step_equals_no_cache(prompts, sink, window):
+    kw = dict(gen_length=8, block_length=8, steps=8)
+    every = dict(cache="feature", cache_kp=1, cache_kr=1, cota=CoTAConfig(ctar=True, ctar_window=window))
+    assert torch.equal(run(prompts, sink, **every, **kw)[0], run(prompts, sink, **kw)[0])
+
+
+@given(commit=st.integers(2, 21), window=st.integers(1, 5), n_layer=st.integers(2, 6))
+def test_ctar_repairs_exactly_the_neighbourhood_of_a_new_commit_in_the_deep_band(commit, window, n_layer):
+    """rho = 0: the cache itself refreshes nothing on partial steps, so what CTAR recomputes after
+    one commit at i is visible alone: rows i-w..i+w (inside the response) in the deep band only.
+    The budget is a fixed 2w + 1 rows (static shapes); near the response's ends the rows left over
+    go by the cache's similarity rule."""
+    from minidlm.cache import FeatureCache
+    model = tiny_model(n_layer=n_layer)
+    x = torch.full((1, 22), MASK_ID)
+    x[0, :2] = torch.tensor([1, 2])
+    cota = CoTAConfig(ctar=True, ctar_window=window)
+    cfg = SamplerConfig(gen_length=20, block_length=20, steps=20, cache="feature", cache_kp=99,
+                        cache_kr=99, cache_rho=0.0, cota=cota)
+    cache = FeatureCache(model, x, torch.arange(22)[None], lambda rows: None, 2, cfg)
+    cache.logits(x, 2, 22, True)            # step 1: full refresh
+    x[0, commit] = 5
+    cache.logits(x, 2, 22, False)           # step 2: partial
+    deep = set(cota.deep_layers(n_layer))
+    want = set(range(max(2, commit - window), min(22, commit + window + 1)))
+    for layer in range(n_layer):
+        got = set(torch.nonzero(cache.computed_at[layer][0] == 2).flatten().tolist())
+        if layer in deep:
+            assert want <= got and len(got) == 2 * window + 1
+        else:
+            assert got == set()
 
 
 def test_compiled_forward_gives_the_same_tokens():

@@ -51,3 +51,18 @@ def test_top_sink_ignores_padding_rows_and_keys():
 
 def test_run_lengths():
     assert run_lengths([3, 3, 7, 7, 7, 3]) == "3x2 > 7x3 > 3x1"
+
+
+@given(sink=st.booleans(), training=st.booleans(), seed=st.integers(0, 3))
+def test_training_curve_point_is_a_set_of_shares_and_leaves_the_model_as_it_was(sink, training, seed):
+    from minidlm.sinks import training_curve_point
+    model = tiny_model(sink=sink).train(training)
+    windows = torch.randint(0, VOCAB - 4, (3, 12), generator=torch.Generator().manual_seed(seed))
+    point = training_curve_point(model, windows, MASK_ID, seed=seed)
+    assert model.training == training
+    content = 1 - (point["sink_mass"] or 0)                 # what [SINK] leaves to 12 content keys
+    assert content / 12 - 1e-9 <= point["top_mass"] <= content + 1e-9   # the largest of 12 shares
+    assert point["top_value_ratio"] > 0
+    assert (point["sink_mass"] is None) == (not sink)
+    if sink:
+        assert 0 <= point["sink_mass"] <= 1 and point["sink_value_ratio"] > 0
