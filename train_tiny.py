@@ -34,6 +34,8 @@ def parse_args(argv=None):
     p.add_argument("--out", default="runs/tiny.pt", help="model checkpoint to write (default %(default)s)")
     p.add_argument("--data", default=None, help="a UTF-8 text file to train on instead of the embedded corpus")
     p.add_argument("--sink", action="store_true", help="add the extra [SINK] token (arXiv 2601.19657)")
+    p.add_argument("--sink-no-rotation", action="store_true",
+                   help="with --sink: score the sink's key without RoPE (an experiment, not the paper)")
     p.add_argument("--seed", type=int, default=0, help="seed for corpus, init, batches and masks")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default %(default)s)")
     p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: all cores)")
@@ -56,6 +58,8 @@ def parse_args(argv=None):
     s.add_argument("--curve-every", type=positive_int, default=100,
                    help="log the sink-emergence curve (minidlm/sinks.py) every N steps (default %(default)s)")
     args = p.parse_args(argv)
+    if args.sink_no_rotation and not args.sink:
+        p.error("--sink-no-rotation needs --sink")
     if not (args.lr > 0 and math.isfinite(args.lr)) or args.weight_decay < 0 or args.warmup < 0:
         p.error("--lr must be positive, --weight-decay and --warmup non-negative")
     return args
@@ -92,8 +96,9 @@ def main():
             state = read(state_path(args.out))
         except CheckpointError as e:
             die(f"cannot resume: {e}")
-        saved = state["args"]
-        for key in ("n_layer", "n_head", "d_model", "seq_len", "vocab_size", "sink", "data", "seed", "batch_size"):
+        saved = {"sink_no_rotation": False, **state["args"]}  # runs saved before the option existed
+        for key in ("n_layer", "n_head", "d_model", "seq_len", "vocab_size", "sink", "sink_no_rotation",
+                    "data", "seed", "batch_size"):
             if saved[key] != getattr(args, key):
                 die(f"cannot resume: --{key.replace('_', '-')} {getattr(args, key)} differs from the "
                     f"saved run's {saved[key]}")
@@ -117,7 +122,8 @@ def main():
 
     torch.manual_seed(args.seed)
     cfg = ModelConfig(vocab_size=tokenizer.vocab_size, n_layer=args.n_layer, n_head=args.n_head,
-                      d_model=args.d_model, max_seq_len=args.seq_len, sink=args.sink)
+                      d_model=args.d_model, max_seq_len=args.seq_len, sink=args.sink,
+                      sink_rotation=not args.sink_no_rotation)
     try:
         model = DiffusionLM(cfg).to(device)
     except ValueError as e:

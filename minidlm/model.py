@@ -8,6 +8,10 @@ diffusion.py). Notable choices, after LLaDA (arXiv 2502.09992) and nanochat:
   prepended at RoPE position 0 with its own learned embedding, its row attends only to itself,
   every row may attend to it, and its output is sliced off before the final norm and head. It is
   never masked and never predicted, so neither the objective nor the sampler knows it exists.
+  `sink_rotation=False` (ours, an experiment): RoPE no longer rotates the sink's key by its
+  distance to the query; every query i scores it as q_i . k_sink without rotation, so the sink
+  is one constant no-op key rather than a different one at every distance. It is done in the
+  mask: column 0 gets the difference between that score and the rotated one.
 
 The forward has two general seams that the samplers and analyses build on:
 - `cache`: an object with `update(layer, k, v) -> (K, V)`. The forward then runs only the given
@@ -37,6 +41,7 @@ class ModelConfig:
     max_seq_len: int = 256    # content tokens; the sink, when present, comes on top
     mlp_ratio: int = 4
     sink: bool = False
+    sink_rotation: bool = True  # False: the sink's key is scored without RoPE (see above)
     rope_base: float = 10000.0
 
     def to_dict(self) -> dict:
@@ -81,6 +86,7 @@ class Attention(nn.Module):
         self.n_head, self.head_dim = cfg.n_head, cfg.d_model // cfg.n_head
         self.wqkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=False)
         self.wo = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
+        self.unrotated_sink = cfg.sink and not cfg.sink_rotation
 
     def qkv(self, x, rope):
         """Rotated queries and keys, and values, each (B, H, T, head_dim)."""
@@ -92,6 +98,8 @@ class Attention(nn.Module):
         q, k, v = self.qkv(x, rope)
         if kv_update is not None:
             k, v = kv_update(k, v)
+        if self.unrotated_sink:
+            mask = self.unrotate_sink_score(q, k, rope, mask)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         if trace is not None and trace.attention:  # weights beside the fast path; y is unchanged
             logits = q @ k.transpose(-1, -2) / math.sqrt(self.head_dim)
@@ -99,6 +107,16 @@ class Attention(nn.Module):
             trace.values.append(v)
         B, H, T, D = y.shape
         return self.wo(y.transpose(1, 2).reshape(B, T, H * D))
+
+
+    def unrotate_sink_score(self, q, k, rope, mask):
+        """Add to key column 0 ([SINK], at RoPE position 0 so its stored key is unrotated) the
+        change that turns q_i . k_0 (rotated q_i) into the unrotated q_i' . k_0 = q_i . R_i k_0."""
+        B, H, T, D = q.shape
+        k0 = k[:, :, :1].expand(B, H, T, D)
+        change = ((q * apply_rope(k0, *rope)).sum(-1) - (q * k0).sum(-1)) / math.sqrt(D)
+        column = F.pad(change[..., None], (0, k.shape[2] - 1))        # (B, H, T, S + Tk)
+        return column if mask is None else mask + column
 
 
 class MLP(nn.Module):

@@ -12,10 +12,10 @@ torch.set_num_threads(min(2, torch.get_num_threads()))
 VOCAB, MASK_ID, PAD_ID = 40, 38, 37
 
 
-def tiny_model(sink=False, seed=0, n_layer=2, max_seq_len=64):
+def tiny_model(sink=False, seed=0, n_layer=2, max_seq_len=64, sink_rotation=True):
     torch.manual_seed(seed)
     cfg = ModelConfig(vocab_size=VOCAB, n_layer=n_layer, n_head=2, d_model=16,
-                      max_seq_len=max_seq_len, sink=sink)
+                      max_seq_len=max_seq_len, sink=sink, sink_rotation=sink_rotation)
     model = DiffusionLM(cfg).double().eval()
     with torch.no_grad():  # larger weights than the init so predictions are not all alike
         for p in model.parameters():

@@ -8,6 +8,7 @@ from minidlm.cota import CoTAConfig
 from minidlm.sampler import SamplerConfig, generate
 
 MODELS = {sink: tiny_model(sink=sink, n_layer=3) for sink in (False, True)}
+MODELS["unrotated"] = tiny_model(sink=True, n_layer=3, sink_rotation=False)
 prompts_strategy = st.lists(st.lists(st.integers(0, VOCAB - 4), min_size=1, max_size=8),
                             min_size=1, max_size=3)
 
@@ -18,15 +19,15 @@ def run(prompts, sink, **kwargs):
     return out, stats["rows_per_layer"]
 
 
-@given(prompts=prompts_strategy, sink=st.booleans(), blocks=st.integers(1, 4), block=st.integers(1, 6),
-       cache=st.sampled_from(["prefix", "dual"]))
+@given(prompts=prompts_strategy, sink=st.sampled_from([False, True, "unrotated"]), blocks=st.integers(1, 4),
+       block=st.integers(1, 6), cache=st.sampled_from(["prefix", "dual"]))
 def test_prefix_and_dual_with_one_step_per_block_equal_no_cache(prompts, sink, blocks, block, cache):
     kw = dict(gen_length=blocks * block, block_length=block, steps=blocks)
     assert torch.equal(run(prompts, sink, cache=cache, **kw)[0], run(prompts, sink, **kw)[0])
 
 
-@given(prompts=prompts_strategy, sink=st.booleans(), blocks=st.integers(1, 3), block=st.integers(1, 6),
-       data=st.data())
+@given(prompts=prompts_strategy, sink=st.sampled_from([False, True, "unrotated"]), blocks=st.integers(1, 3),
+       block=st.integers(1, 6), data=st.data())
 def test_feature_cache_refreshed_every_step_equals_no_cache(prompts, sink, blocks, block, data):
     spb = data.draw(st.integers(1, block))
     kw = dict(gen_length=blocks * block, block_length=block, steps=blocks * spb)

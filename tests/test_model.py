@@ -72,3 +72,31 @@ def test_per_layer_bias_list_matches_a_single_bias():
     bias = torch.randn(1, 1, 6, 6, dtype=torch.float64)
     assert torch.equal(model(x, attn_bias=bias), model(x, attn_bias=[bias, bias]))
     assert not torch.allclose(model(x, attn_bias=[bias, None]), model(x, attn_bias=bias))
+
+
+@given(B=st.integers(1, 3), T=st.integers(1, 20), shift=st.integers(1, 50), seed=st.integers(0, 99))
+def test_unrotated_sink_makes_the_model_blind_to_a_shift_of_every_position(B, T, shift, seed):
+    """RoPE scores depend on i - j only; a sink scored without rotation adds no absolute position,
+    so shifting every content position changes nothing (up to the float32 RoPE angles, as without
+    a sink). The paper's sink at RoPE position 0 makes the absolute position visible."""
+    x = tokens(B, T, seed)
+    positions = torch.arange(T)
+    unrotated = tiny_model(sink=True, sink_rotation=False)
+    assert torch.allclose(unrotated(x, positions=positions + shift), unrotated(x), atol=1e-5)
+    rotated = tiny_model(sink=True)
+    assert not torch.allclose(rotated(x, positions=positions + shift), rotated(x), atol=1e-3)
+
+
+@given(T=st.integers(2, 20), seed=st.integers(0, 99), data=st.data())
+def test_unrotated_sink_partial_forward_against_the_cache_matches_the_full_forward(T, seed, data):
+    model = tiny_model(sink=True, sink_rotation=False)
+    x = tokens(2, T, seed)
+    full, trace = model(x, trace=True)
+    for attn in trace.attn:  # still the paper's mask: the sink row sees only itself
+        assert torch.all(attn[:, :, 0, 1:] == 0) and torch.all(attn[:, :, 1:, 0] > 0)
+    cache = KVBuffer(model, 2, T, torch.float64, "cpu")
+    cache.rows = torch.arange(T).expand(2, T)
+    assert torch.allclose(model(x, cache=cache), full, atol=1e-10)
+    rows = torch.tensor(sorted(data.draw(st.sets(st.integers(0, T - 1), min_size=1))))
+    cache.rows = rows.expand(2, -1)
+    assert torch.allclose(model(x[:, rows], positions=rows, cache=cache), full[:, rows], atol=1e-10)
