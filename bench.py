@@ -12,6 +12,8 @@ cache's V projection of every response row for its similarity test, gathers and 
 achieved / ideal says how much of the saved work turned into saved time. `agree` is the share
 of generated tokens equal to the uncached sampler's.
 """
+import json
+import os
 import time
 
 import torch
@@ -73,6 +75,7 @@ def main():
     p.add_argument("--batch-sizes", type=positive_int, nargs="+", default=[1, 8])
     p.add_argument("--prompt-length", type=positive_int, default=32)
     p.add_argument("--repeats", type=positive_int, default=3, help="timed runs per row (best is kept)")
+    p.add_argument("--json", default=None, metavar="PATH", help="also write the rows as JSON here")
     args = p.parse_args()
     try:
         device = pick_device(args.device)
@@ -94,6 +97,7 @@ def main():
           f"{gen_length} generated, 1 token/step, block 32, greedy; best of {repeats}")
     print("| batch | sampler | tok/s | speed-up | ideal | achieved/ideal | agree |")
     print("|---|---|---|---|---|---|---|")
+    table = []
     for B in args.batch_sizes:
         prompts = stories[:B]
         base_cfg = dict(gen_length=gen_length, steps=gen_length, block_length=32)
@@ -113,8 +117,15 @@ def main():
             out, seconds, n_rows = results[name]
             speedup, ideal = base_s / seconds, base_rows / n_rows
             agree = (out == base_out).float().mean().item()
+            table.append({"batch": B, "sampler": name, "tok_s": B * gen_length / seconds,
+                          "speedup": speedup, "ideal": ideal, "agree": agree})
             print(f"| {B} | {name} | {B * gen_length / seconds:,.0f} | {speedup:.2f}x | {ideal:.2f}x "
                   f"| {speedup / ideal:.2f} | {agree:.0%} |", flush=True)
+
+    if args.json:
+        os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
+        with open(args.json, "w") as f:
+            json.dump(table, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
     python sink_compare.py                                  # the shipped checkpoints
     python sink_compare.py --arm base=runs/a0.pt,runs/a1.pt --arm sink=runs/s0.pt,runs/s1.pt
+    python sink_compare.py --from-json results/sink_seeds.json   # print a saved comparison again
 
 Each arm is one or more checkpoints trained alike except for the seed; the table gives the mean
 (and the standard deviation when there are several) of, per checkpoint:
@@ -9,7 +10,10 @@ Each arm is one or more checkpoints trained alike except for the seed; the table
 - from the sink probe (minidlm/sinks.py) over held-out prompts: top-sink switch rate, Jaccard of
   consecutive sink sets, strict sinks per head, the top sink's value norm / mean value norm, and
   the attention mass on [SINK] (sink models only).
-Writes the rows as JSON too (`--json`).
+Then the emergence curve that train_tiny.py logged in each checkpoint (sinks.training_curve_point:
+largest content column mass, its value-norm ratio, mass on [SINK], against training tokens),
+averaged over an arm's seeds; `--plot DIR` draws it (sink_emergence.png, plot extra).
+Writes the rows, curves included, as JSON too (`--json`).
 """
 import json
 import math
@@ -33,7 +37,7 @@ METRICS = ["nelbo", "grammatical", "switch_rate", "jaccard", "strict_sinks", "va
 
 
 def measure(path, device, val_docs, args):
-    model, tok, _ = load_model(path, device)
+    model, tok, meta = load_model(path, device)
     windows = fixed_windows(token_stream(tok, val_docs), model.cfg.max_seq_len, args.windows).to(device)
     nats, _ = evaluate_nelbo(model, windows, tok.mask_id, n_mc=args.mc)
     cfg = SamplerConfig(gen_length=64, steps=64, block_length=32)
@@ -45,7 +49,8 @@ def measure(path, device, val_docs, args):
     s = probe.summary()
     return {"nelbo": nats / math.log(2), "grammatical": grammatical, "switch_rate": s["switch_rate"],
             "jaccard": s["jaccard"], "strict_sinks": s["strict_sinks_per_head"],
-            "value_norm_ratio": s["top_sink_value_norm_ratio"], "sink_mass": s.get("sink_mass")}
+            "value_norm_ratio": s["top_sink_value_norm_ratio"], "sink_mass": s.get("sink_mass"),
+            "curve": meta.get("curve", [])}
 
 
 def aggregate(name, paths, per_model):
@@ -54,7 +59,74 @@ def aggregate(name, paths, per_model):
         values = [r[m] for r in per_model if r[m] is not None]
         row[m] = statistics.mean(values) if values else None
         row[m + "_sd"] = statistics.stdev(values) if len(values) > 1 else None
+    row["curve"] = mean_curve([r["curve"] for r in per_model])
+    row["curves"] = [r["curve"] for r in per_model]
     return row
+
+
+def mean_curve(curves):
+    """Points at the steps every curve has, each quantity averaged over the curves (seeds)."""
+    curves = [c for c in curves if c]
+    if not curves:
+        return []
+    steps = sorted(set.intersection(*(set(p["step"] for p in c) for c in curves)))
+    out = []
+    for step in steps:
+        points = [next(p for p in c if p["step"] == step) for c in curves]
+        out.append({k: (statistics.mean(p[k] for p in points) if points[0][k] is not None else None)
+                    for k in points[0]})
+    return out
+
+
+def curve_table(rows, every=None):
+    """Markdown: per arm, the curve at (at most) 8 evenly spread logged steps."""
+    lines = ["| model | step | tokens (M) | top content mass % | its value norm / mean | "
+             "mass on [SINK] % | [SINK] value norm / mean |", "|---|---|---|---|---|---|---|"]
+    for row in rows:
+        curve = row.get("curve") or []
+        pick = curve[::max(1, -(-len(curve) // 8))]
+        if curve and pick[-1] is not curve[-1]:
+            pick.append(curve[-1])
+        for p in pick:
+            sink = (f"{100 * p['sink_mass']:.1f} | {p['sink_value_ratio']:.2f}"
+                    if p["sink_mass"] is not None else "- | -")
+            lines.append(f"| {row['model']} | {p['step']} | {p['tokens'] / 1e6:.1f} | "
+                         f"{100 * p['top_mass']:.1f} | {p['top_value_ratio']:.2f} | {sink} |")
+    return "\n".join(lines) if len(lines) > 2 else None
+
+
+def plot_curves(rows, folder):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    os.makedirs(folder, exist_ok=True)
+    panels = [("top_mass", "largest content column mass"), ("top_value_ratio", "its value norm / mean"),
+              ("sink_mass", "attention mass on [SINK]")]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
+    for i, row in enumerate(rows):
+        color = f"C{i}"
+        for curve in row.get("curves", []):
+            if curve and curve[0][panels[0][0]] is not None:
+                for ax, (key, _) in zip(axes, panels):
+                    if curve[0][key] is not None:
+                        ax.plot([p["tokens"] / 1e6 for p in curve], [p[key] for p in curve],
+                                color=color, alpha=0.25, lw=0.8)
+        curve = row.get("curve") or []
+        for ax, (key, _) in zip(axes, panels):
+            if curve and curve[0][key] is not None:
+                ax.plot([p["tokens"] / 1e6 for p in curve], [p[key] for p in curve], color=color,
+                        lw=2, label=f"{row['model']} ({len(row['checkpoints'])} seed(s))")
+    for ax, (_, title) in zip(axes, panels):
+        ax.set_xlabel("training tokens (millions)")
+        ax.set_title(title, fontsize=10)
+    axes[1].axhline(1.0, color="grey", lw=0.8, ls=":")
+    axes[0].legend(fontsize=8)
+    fig.suptitle("Sink emergence during training (validation windows, half masked)", fontsize=10)
+    fig.tight_layout()
+    path = os.path.join(folder, "sink_emergence.png")
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
 
 
 def cell(row, m):
@@ -71,12 +143,49 @@ def main():
     p.add_argument("--arm", action="append", default=None, metavar="NAME=PATH[,PATH...]",
                    help="an arm and its checkpoints, one per seed (default: the shipped tiny.pt "
                         "and tiny-sink.pt)")
+    p.add_argument("--from-json", default=None, metavar="PATH",
+                   help="print (and plot) a comparison saved earlier with --json; measures nothing")
     p.add_argument("--prompts", type=positive_int, default=16, help="held-out prompts for samples and probe")
     p.add_argument("--windows", type=positive_int, default=32, help="validation windows for the NELBO")
     p.add_argument("--mc", type=positive_int, default=8, help="Monte-Carlo samples per window")
-    p.add_argument("--json", default="results/sink_compare.json")
+    p.add_argument("--json", default="results/sink_compare.json", help="where to write the rows")
+    p.add_argument("--plot", default=None, metavar="DIR", help="write sink_emergence.png here (plot extra)")
     p.add_argument("--device", default="auto")
     args = p.parse_args()
+    if args.plot:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            die("--plot needs matplotlib: pip install -e '.[plot]'")
+    if args.from_json:
+        try:
+            with open(args.from_json) as f:
+                rows = json.load(f)
+            assert isinstance(rows, list) and all("model" in r and "checkpoints" in r for r in rows)
+        except (OSError, ValueError, AssertionError):
+            die(f"{args.from_json} is not a comparison written by sink_compare.py --json")
+    else:
+        rows = measure_arms(args)
+    names = ["NELBO bits/token", "grammatical %", "switch rate %", "Jaccard", "strict sinks/head",
+             "top-sink value norm / mean", "mass on [SINK] %"]
+    print("| model | seeds | " + " | ".join(names) + " |")
+    print("|---" * (len(names) + 2) + "|")
+    for row in rows:
+        print(f"| {row['model']} | {len(row['checkpoints'])} | " + " | ".join(cell(row, m) for m in METRICS) + " |")
+    table = curve_table(rows)
+    if table:
+        print("\nEmergence during training (train_tiny.py's log; mean over seeds):")
+        print(table)
+        if args.plot:
+            print(f"wrote {plot_curves(rows, args.plot)}", file=sys.stderr)
+    if args.json and not args.from_json:
+        os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=1)
+        print(f"wrote {args.json}", file=sys.stderr)
+
+
+def measure_arms(args):
     arms = DEFAULT_ARMS
     if args.arm:
         try:
@@ -98,17 +207,7 @@ def main():
                 die(str(e))
             print(f"measured {name}: {path}", file=sys.stderr, flush=True)
         rows.append(aggregate(name, paths, per_model))
-    names = ["NELBO bits/token", "grammatical %", "switch rate %", "Jaccard", "strict sinks/head",
-             "top-sink value norm / mean", "mass on [SINK] %"]
-    print("| model | seeds | " + " | ".join(names) + " |")
-    print("|---" * (len(names) + 2) + "|")
-    for row in rows:
-        print(f"| {row['model']} | {len(row['checkpoints'])} | " + " | ".join(cell(row, m) for m in METRICS) + " |")
-    if args.json:
-        os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(rows, f, indent=1)
-        print(f"wrote {args.json}", file=sys.stderr)
+    return rows
 
 
 if __name__ == "__main__":

@@ -1,0 +1,189 @@
+"""Every table and figure of the README, from the shipped checkpoints, in one command.
+
+    python reproduce.py             # about 20 minutes on a 2-core laptop CPU -> results/REPORT.md
+    python reproduce.py --quick     # the classroom version, about 2 minutes -> results/quick/REPORT.md
+    python reproduce.py --retrain   # first retrain the shipped models with their recorded commands
+    python reproduce.py --seeds     # also retrain the 3-seed sink comparison (about 70 minutes)
+
+Each stage is one of the repo's own commands, run as a subprocess exactly as printed in the
+report, so any table can be rerun alone. Their progress goes to the terminal; their stdout (the
+tables) goes into the report. Figures go to docs/ (results/quick/ with --quick) when matplotlib
+is installed (the plot extra). The README's tables are copied from results/REPORT.md, and
+tests/test_readme.py checks that every one of them is still there, so the two cannot drift.
+
+The 3-seed sink table needs nine training runs that are not shipped (runs/ is not in git): its
+rows are kept in results/sink_seeds.json, printed again by every run of this script, and
+remeasured only with --seeds.
+"""
+import math
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+
+import torch
+
+from minidlm.checkpoint import CheckpointError, read
+from minidlm.cli import ArgumentParser, die
+
+PY = sys.executable
+SHIPPED = ["checkpoints/tiny.pt", "checkpoints/tiny-sink.pt"]
+SEED_ARMS = {"baseline": ("base", []), "sink": ("sink", ["--sink"]),  # arm: (file prefix, flags)
+             "sink, no rotation": ("norot", ["--sink", "--sink-no-rotation"])}
+SEEDS = (0, 1, 2)
+
+
+def stages(quick: bool, figures: bool):
+    """(title, command, what it shows) for each stage of the report."""
+    out = "results/quick" if quick else "results"
+    docs = "results/quick" if quick else "docs"
+    plot = lambda folder: ["--plot", folder] if figures else []
+    if quick:
+        study = ["repeat_study.py", "--prompts", "16", "--seeds", "0", "--flow-prompts", "8",
+                 "--rows", "none,dual,feature K_r 7,feature + CoTA (paper),CTAR + CTEV,stale-first"]
+    else:
+        study = ["repeat_study.py"]
+    return [
+        ("Sampler benchmark", ["bench.py", "--json", f"{out}/bench.json"]
+         + (["--quick", "--batch-sizes", "8"] if quick else []),
+         "Tokens/s of every cache next to the speed-up its counted work promises."),
+        ("Where the sinks sit: the probe on the baseline",
+         ["sample.py", "--sinks", "--gen-length", "64", "--steps", "64"] + plot(docs),
+         "One greedy sample from an empty prompt with the sink probe on (its summary is on stderr)."),
+        ("Where the sinks sit: the probe on the [SINK] model",
+         ["sample.py", "--checkpoint", "checkpoints/tiny-sink.pt", "--sinks", "--gen-length", "64",
+          "--steps", "64"] + plot(os.path.join(docs, "tiny-sink")),
+         "The same with the extra [SINK] token."),
+        ("Baseline vs [SINK]: the shipped models",
+         ["sink_compare.py", "--json", f"{out}/sink_compare.json"] + plot(docs)
+         + (["--prompts", "4", "--windows", "8", "--mc", "2"] if quick else []),
+         "Quality and sink behaviour of tiny.pt and tiny-sink.pt (same budget, data and seed)."),
+        ("Baseline vs [SINK] over 3 seeds (saved rows; remeasure with --seeds)",
+         ["sink_compare.py", "--from-json", "results/sink_seeds.json"] + plot(os.path.join(docs, "seeds")),
+         "Nine runs of `python train_tiny.py --seed S` (800 steps), three per arm."),
+        ("The Repeat Curse and CoTA", study + ["--json", f"{out}/repeat_study.json"] + plot(docs),
+         "Single block, one token per step, greedy: the authors' protocol."),
+    ]
+
+
+def run_stage(i, n, title, command, log):
+    """Run `python command...`; its stdout (plus stderr for sample.py, whose probe view is there)
+    goes into the log, sample.py's inside a code fence."""
+    shown = "python " + " ".join(shlex.quote(a) for a in command)
+    print(f"[{i}/{n}] {title}: {shown}", file=sys.stderr, flush=True)
+    text_out = command[0] == "sample.py"
+    t0 = time.time()
+    result = subprocess.run([PY] + command, stdout=subprocess.PIPE, text=True,
+                            stderr=subprocess.STDOUT if text_out else None)
+    seconds = time.time() - t0
+    if result.returncode != 0:
+        if text_out:
+            print(result.stdout, file=sys.stderr)
+        die(f"stage {i} ({title}) failed with exit code {result.returncode}: {shown}", code=1)
+    print(f"[{i}/{n}] done in {seconds:.0f} s", file=sys.stderr, flush=True)
+    output = result.stdout.rstrip()
+    log.append((title, shown, seconds, f"```\n{output}\n```" if text_out else output))
+
+
+def retrain(paths, log):
+    """Rerun each checkpoint's recorded command into runs/retrain/, then swap it in: a failed or
+    interrupted retrain leaves the shipped file as it was."""
+    for i, path in enumerate(paths, 1):
+        try:
+            command = read(path)["meta"]["command"]
+        except (CheckpointError, KeyError, TypeError):
+            die(f"{path} records no training command to rerun")
+        argv = shlex.split(command)[1:]  # drop "python"
+        tmp = os.path.join("runs", "retrain", os.path.basename(path))
+        argv[argv.index("--out") + 1] = tmp
+        run_stage(i, len(paths), f"retrain {path}", argv + ["--force"], log)
+        os.replace(tmp, path)
+
+
+def seed_runs(log):
+    """Train the 3-seed comparison's runs that are missing, then measure them into sink_seeds.json."""
+    jobs = [(arm, s, prefix, flags) for arm, (prefix, flags) in SEED_ARMS.items() for s in SEEDS]
+    paths = {arm: [] for arm in SEED_ARMS}
+    for i, (arm, s, prefix, flags) in enumerate(jobs, 1):
+        path = f"runs/seeds/{prefix}-{s}.pt"
+        paths[arm].append(path)
+        if not os.path.exists(path):
+            run_stage(i, len(jobs), f"train {arm}, seed {s}",
+                      ["train_tiny.py", "--seed", str(s), "--out", path, "--force"] + flags, log)
+    arms = [f"--arm={arm}={','.join(p)}" for arm, p in paths.items()]
+    run_stage(1, 1, "measure the seed runs", ["sink_compare.py", *arms, "--json", "results/sink_seeds.json"], log)
+
+
+def shipped_models_table():
+    """The shipped checkpoints' training, as recorded in them by train_tiny.py."""
+    lines = ["| checkpoint | command | steps x tokens | training time | val NELBO (bits/token) | "
+             "grammatical |", "|---|---|---|---|---|---|"]
+    for path in SHIPPED:
+        meta = read(path).get("meta", {})
+        m, args = meta.get("metrics", {}), meta.get("args", {})
+        gram = (f"{100 * m['grammatical_rate']:.1f} % of {m['grammatical_sentences']}"
+                if "grammatical_rate" in m else "-")
+        lines.append(f"| `{path}` | `{meta.get('command', '?')}` | {meta.get('step', 0):,} x "
+                     f"{args.get('batch_size', 0) * args.get('seq_len', 0):,} | "
+                     f"{m.get('train_minutes', float('nan')):.1f} min | "
+                     f"{m.get('val_bits_per_token', float('nan')):.3f} +- "
+                     f"{m.get('val_nelbo_se', float('nan')) / math.log(2):.3f} | {gram} |")
+    return "\n".join(lines)
+
+
+def write_report(path, log, quick, started):
+    lines = ["# minidlm reproduction report", "",
+             f"Written by `python reproduce.py{' --quick' if quick else ''}` in "
+             f"{(time.time() - started) / 60:.1f} min on {platform.machine()} "
+             f"({os.cpu_count()} cores), Python {platform.python_version()}, torch {torch.__version__}, "
+             f"{torch.get_num_threads()} threads. Every table below is the stdout of the command "
+             f"shown above it.", ""]
+    for title, shown, seconds, stdout in log:
+        where = f"`{shown}` ({seconds:.0f} s)" if shown.startswith("python") else shown
+        lines += [f"## {title}", "", where, "", stdout, ""]
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write("\n".join(lines))
+    os.replace(tmp, path)
+
+
+def main():
+    p = ArgumentParser(description="Run every experiment of the README and write results/REPORT.md.")
+    p.add_argument("--quick", action="store_true",
+                   help="a classroom version in about 2 minutes (results/quick/REPORT.md)")
+    p.add_argument("--retrain", action="store_true",
+                   help="first retrain the shipped checkpoints with their recorded commands (about an hour)")
+    p.add_argument("--seeds", action="store_true",
+                   help="retrain and remeasure the 3-seed sink comparison (nine runs, about 70 minutes)")
+    args = p.parse_args()
+    for path in SHIPPED:
+        if not os.path.exists(path) and not args.retrain:
+            die(f"{path} is missing: restore it with git checkout, or pass --retrain")
+    try:
+        import matplotlib  # noqa: F401
+        figures = True
+    except ImportError:
+        figures = False
+        print("matplotlib is not installed: tables only (pip install -e '.[plot]' for the figures)",
+              file=sys.stderr)
+    started, log = time.time(), []
+    if args.retrain:
+        retrain(SHIPPED, log)
+    if args.seeds:
+        seed_runs(log)
+    log.append(("The shipped models", "recorded in the checkpoints by train_tiny.py", 0.0,
+                "Their training, as each checkpoint records it (2 CPU cores).\n\n" + shipped_models_table()))
+    plan = stages(args.quick, figures)
+    for i, (title, command, what) in enumerate(plan, 1):
+        run_stage(i, len(plan), title, command, log)
+        log[-1] = (log[-1][0], log[-1][1], log[-1][2], what + "\n\n" + log[-1][3])
+    report = "results/quick/REPORT.md" if args.quick else "results/REPORT.md"
+    write_report(report, log, args.quick, started)
+    print(f"wrote {report} in {(time.time() - started) / 60:.1f} min", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
