@@ -140,3 +140,19 @@ def test_sink_compare_writes_rows_with_the_promised_fields(tmp_path):
     row = json.loads(out.read_text())[0]
     assert row["model"] == "base" and {"nelbo", "switch_rate", "sink_mass"} <= set(row)
     assert_clean_error(run("sink_compare.py", "--arm", "base=no/such.pt"), "not found")
+    again = run("sink_compare.py", "--from-json", str(out))  # re-renders without measuring
+    assert again.returncode == 0 and again.stdout.splitlines()[2] == r.stdout.splitlines()[2]
+    assert_clean_error(run("sink_compare.py", "--from-json", "README.md"), "not a comparison")
+
+
+def test_ctar_runs_with_the_feature_cache_and_says_when_it_has_nothing_to_repair(checkpoint):
+    r = run("sample.py", "--checkpoint", checkpoint, "--gen-length", "8", "--steps", "8",
+            "--block-length", "8", "--cache", "feature", "--ctar", "--ctev", "--ctev-mode", "context")
+    assert r.returncode == 0 and "CTAR w 5" in r.stderr, r.stderr
+    r = run("sample.py", "--checkpoint", checkpoint, "--gen-length", "8", "--steps", "8", "--block-length", "8",
+            "--ctar")
+    assert r.returncode == 0 and "changes nothing here" in r.stderr, r.stderr
+
+
+def test_reproduce_rejects_bad_flags_in_one_line():
+    assert_clean_error(run("reproduce.py", "--fast"), "unrecognized arguments")
