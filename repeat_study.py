@@ -172,7 +172,7 @@ def main():
     p.add_argument("--rows", default=None, help="comma-separated substrings: run only matching rows")
     p.add_argument("--json", default="results/repeat_study.json", help="where to write the JSON rows")
     p.add_argument("--device", default="auto")
-    p.add_argument("--flow-prompts", type=int, default=50,
+    p.add_argument("--flow-prompts", type=int, default=30,
                    help="prompts for the information-flow view (0 skips it)")
     p.add_argument("--plot", default=None, metavar="DIR", help="write the information-flow figure here")
     p.add_argument("--sweep", action="store_true",

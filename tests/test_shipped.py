@@ -1,4 +1,4 @@
-"""The shipped checkpoint loads with today's code and is as good as the README says."""
+"""The shipped checkpoints load with today's code and are as good as the README says."""
 import os
 
 import pytest
@@ -16,14 +16,23 @@ MAX_VAL_BITS = 2.4
 MIN_GRAMMATICAL = 0.85
 
 
-@pytest.fixture(scope="module")
-def shipped():
-    model, tok, meta = load_model(os.path.join(ROOT, "checkpoints", "tiny.pt"))
+@pytest.fixture(scope="module", params=["tiny.pt", "tiny-sink.pt"])
+def shipped(request):
+    model, tok, meta = load_model(os.path.join(ROOT, "checkpoints", request.param))
+    assert model.cfg.sink == (request.param == "tiny-sink.pt")
     return model, tok, meta, load_documents(None)[1]
 
 
 def test_records_its_training_command(shipped):
     assert shipped[2]["command"].startswith("python train_tiny.py")
+
+
+def test_the_pair_differs_only_in_the_sink():
+    """Same budget, data and seed: the recorded arguments differ in --sink alone."""
+    metas = [load_model(os.path.join(ROOT, "checkpoints", name))[2]["args"] for name in ("tiny.pt", "tiny-sink.pt")]
+    differ = {k for k in metas[0].keys() | metas[1].keys()
+              if metas[0].get(k) != metas[1].get(k) and k not in ("out", "curve_every", "sink_no_rotation")}
+    assert differ == {"sink"}
 
 
 def test_beats_the_stated_validation_nelbo(shipped):
