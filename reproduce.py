@@ -1,7 +1,7 @@
 """Every table and figure of the README, from the shipped checkpoints, in one command.
 
-    python reproduce.py             # about 20 minutes on a 2-core laptop CPU -> results/REPORT.md
-    python reproduce.py --quick     # the classroom version, about 2 minutes -> results/quick/REPORT.md
+    python reproduce.py             # 10-20 minutes on a 2-core laptop CPU -> results/REPORT.md
+    python reproduce.py --quick     # the classroom version, about a minute -> results/quick/REPORT.md
     python reproduce.py --retrain   # first retrain the shipped models with their recorded commands
     python reproduce.py --seeds     # also retrain the 3-seed sink comparison (about 70 minutes)
 
@@ -25,7 +25,7 @@ import time
 
 import torch
 
-from minidlm.checkpoint import CheckpointError, read
+from minidlm.checkpoint import CheckpointError, atomic_save, read
 from minidlm.cli import ArgumentParser, die
 
 PY = sys.executable
@@ -46,7 +46,7 @@ def stages(quick: bool, figures: bool):
     else:
         study = ["repeat_study.py"]
     return [
-        ("Sampler benchmark", ["bench.py", "--json", f"{out}/bench.json"]
+        ("Sampler benchmark", ["bench.py", "--repeats", "2", "--json", f"{out}/bench.json"]
          + (["--quick", "--batch-sizes", "8"] if quick else []),
          "Tokens/s of every cache next to the speed-up its counted work promises."),
         ("Where the sinks sit: the probe on the baseline",
@@ -84,7 +84,15 @@ def run_stage(i, n, title, command, log):
         die(f"stage {i} ({title}) failed with exit code {result.returncode}: {shown}", code=1)
     print(f"[{i}/{n}] done in {seconds:.0f} s", file=sys.stderr, flush=True)
     output = result.stdout.rstrip()
-    log.append((title, shown, seconds, f"```\n{output}\n```" if text_out else output))
+    if text_out:
+        output = f"```\n{output}\n```"
+    if "--plot" in command:  # link the figures this stage drew, relative to the report
+        folder = command[command.index("--plot") + 1]
+        for name in sorted(os.listdir(folder)):
+            path = os.path.join(folder, name)
+            if name.endswith(".png") and os.path.getmtime(path) >= t0:
+                output += f"\n\n![{name}]({{REPORT_DIR}}/{path})"
+    log.append((title, shown, seconds, output))
 
 
 def retrain(paths, log):
@@ -99,7 +107,9 @@ def retrain(paths, log):
         tmp = os.path.join("runs", "retrain", os.path.basename(path))
         argv[argv.index("--out") + 1] = tmp
         run_stage(i, len(paths), f"retrain {path}", argv + ["--force"], log)
-        os.replace(tmp, path)
+        ckpt = read(tmp)
+        ckpt["meta"]["command"] = command  # record the shipped command, not the detour via runs/
+        atomic_save(ckpt, path)
 
 
 def seed_runs(log):
@@ -133,16 +143,17 @@ def shipped_models_table():
     return "\n".join(lines)
 
 
-def write_report(path, log, quick, started):
+def write_report(path, log, started):
     lines = ["# minidlm reproduction report", "",
-             f"Written by `python reproduce.py{' --quick' if quick else ''}` in "
+             f"Written by `python {' '.join([os.path.basename(sys.argv[0])] + sys.argv[1:])}` in "
              f"{(time.time() - started) / 60:.1f} min on {platform.machine()} "
              f"({os.cpu_count()} cores), Python {platform.python_version()}, torch {torch.__version__}, "
              f"{torch.get_num_threads()} threads. Every table below is the stdout of the command "
              f"shown above it.", ""]
     for title, shown, seconds, stdout in log:
         where = f"`{shown}` ({seconds:.0f} s)" if shown.startswith("python") else shown
-        lines += [f"## {title}", "", where, "", stdout, ""]
+        up = os.path.relpath(".", os.path.dirname(path))  # the repo root, seen from the report
+        lines += [f"## {title}", "", where, "", stdout.replace("{REPORT_DIR}/", up + "/"), ""]
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
@@ -153,7 +164,7 @@ def write_report(path, log, quick, started):
 def main():
     p = ArgumentParser(description="Run every experiment of the README and write results/REPORT.md.")
     p.add_argument("--quick", action="store_true",
-                   help="a classroom version in about 2 minutes (results/quick/REPORT.md)")
+                   help="a classroom version in about a minute (results/quick/REPORT.md)")
     p.add_argument("--retrain", action="store_true",
                    help="first retrain the shipped checkpoints with their recorded commands (about an hour)")
     p.add_argument("--seeds", action="store_true",
@@ -181,7 +192,7 @@ def main():
         run_stage(i, len(plan), title, command, log)
         log[-1] = (log[-1][0], log[-1][1], log[-1][2], what + "\n\n" + log[-1][3])
     report = "results/quick/REPORT.md" if args.quick else "results/REPORT.md"
-    write_report(report, log, args.quick, started)
+    write_report(report, log, started)
     print(f"wrote {report} in {(time.time() - started) / 60:.1f} min", file=sys.stderr)
 
 

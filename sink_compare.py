@@ -95,6 +95,20 @@ def curve_table(rows, every=None):
     return "\n".join(lines) if len(lines) > 2 else None
 
 
+def final_points_table(rows):
+    """Markdown: each checkpoint's last logged curve point (seeds can differ a lot)."""
+    lines = ["| model | checkpoint | top content mass % | its value norm / mean | mass on [SINK] % |",
+             "|---|---|---|---|---|"]
+    for row in rows:
+        for path, curve in zip(row["checkpoints"], row.get("curves", [])):
+            if curve:
+                p = curve[-1]
+                sink = f"{100 * p['sink_mass']:.1f}" if p["sink_mass"] is not None else "-"
+                lines.append(f"| {row['model']} | `{path}` | {100 * p['top_mass']:.1f} | "
+                             f"{p['top_value_ratio']:.2f} | {sink} |")
+    return "\n".join(lines)
+
+
 def plot_curves(rows, folder):
     import matplotlib
     matplotlib.use("Agg")
@@ -176,6 +190,8 @@ def main():
     if table:
         print("\nEmergence during training (train_tiny.py's log; mean over seeds):")
         print(table)
+        print("\nAt the end of training, per checkpoint:")
+        print(final_points_table(rows))
         if args.plot:
             print(f"wrote {plot_curves(rows, args.plot)}", file=sys.stderr)
     if args.json and not args.from_json:

@@ -156,3 +156,20 @@ def test_ctar_runs_with_the_feature_cache_and_says_when_it_has_nothing_to_repair
 
 def test_reproduce_rejects_bad_flags_in_one_line():
     assert_clean_error(run("reproduce.py", "--fast"), "unrecognized arguments")
+
+
+def test_retrain_reruns_the_recorded_command_and_swaps_the_result_in(tmp_path, monkeypatch):
+    """reproduce.py --retrain: train into runs/retrain/, then replace the checkpoint, keeping the
+    recorded command; the same seed gives the same weights."""
+    import reproduce
+    from minidlm.checkpoint import read
+    text, path = tmp_path / "text.txt", tmp_path / "model.pt"
+    text.write_text(TEXT)
+    r = run("train_tiny.py", "--out", str(path), "--steps", "2", "--data", str(text), *TINY)
+    assert r.returncode == 0, r.stderr
+    before = read(str(path))
+    monkeypatch.chdir(ROOT)
+    reproduce.retrain([str(path)], [])
+    after = read(str(path))
+    assert after["meta"]["command"] == before["meta"]["command"]
+    assert all(torch.equal(before["model"][k], after["model"][k]) for k in before["model"])
