@@ -68,9 +68,9 @@ def stages(quick: bool, figures: bool):
     ]
 
 
-def run_stage(i, n, title, command, log):
-    """Run `python command...`; its stdout (plus stderr for sample.py, whose probe view is there)
-    goes into the log, sample.py's inside a code fence."""
+def run_stage(i, n, title, command, log, what=""):
+    """Run `python command...`; `what` and its stdout (plus stderr for sample.py, whose probe view
+    is there) go into the log, sample.py's inside a code fence."""
     shown = "python " + " ".join(shlex.quote(a) for a in command)
     print(f"[{i}/{n}] {title}: {shown}", file=sys.stderr, flush=True)
     text_out = command[0] == "sample.py"
@@ -92,7 +92,7 @@ def run_stage(i, n, title, command, log):
             path = os.path.join(folder, name)
             if name.endswith(".png") and os.path.getmtime(path) >= t0:
                 output += f"\n\n![{name}]({{REPORT_DIR}}/{path})"
-    log.append((title, shown, seconds, output))
+    log.append((title, shown, seconds, (what + "\n\n" if what else "") + output))
 
 
 def retrain(paths, log):
@@ -189,8 +189,7 @@ def main():
                 "Their training, as each checkpoint records it (2 CPU cores).\n\n" + shipped_models_table()))
     plan = stages(args.quick, figures)
     for i, (title, command, what) in enumerate(plan, 1):
-        run_stage(i, len(plan), title, command, log)
-        log[-1] = (log[-1][0], log[-1][1], log[-1][2], what + "\n\n" + log[-1][3])
+        run_stage(i, len(plan), title, command, log, what)
     report = "results/quick/REPORT.md" if args.quick else "results/REPORT.md"
     write_report(report, log, started)
     print(f"wrote {report} in {(time.time() - started) / 60:.1f} min", file=sys.stderr)

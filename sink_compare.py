@@ -78,7 +78,7 @@ def mean_curve(curves):
     return out
 
 
-def curve_table(rows, every=None):
+def curve_table(rows):
     """Markdown: per arm, the curve at (at most) 8 evenly spread logged steps."""
     lines = ["| model | step | tokens (M) | top content mass % | its value norm / mean | "
              "mass on [SINK] % | [SINK] value norm / mean |", "|---|---|---|---|---|---|---|"]
@@ -117,19 +117,17 @@ def plot_curves(rows, folder):
     panels = [("top_mass", "largest content column mass"), ("top_value_ratio", "its value norm / mean"),
               ("sink_mass", "attention mass on [SINK]")]
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
-    for i, row in enumerate(rows):
-        color = f"C{i}"
-        for curve in row.get("curves", []):
-            if curve and curve[0][panels[0][0]] is not None:
-                for ax, (key, _) in zip(axes, panels):
-                    if curve[0][key] is not None:
-                        ax.plot([p["tokens"] / 1e6 for p in curve], [p[key] for p in curve],
-                                color=color, alpha=0.25, lw=0.8)
-        curve = row.get("curve") or []
+
+    def draw(curve, **style):  # every panel the curve has values for (no [SINK] mass without one)
         for ax, (key, _) in zip(axes, panels):
             if curve and curve[0][key] is not None:
-                ax.plot([p["tokens"] / 1e6 for p in curve], [p[key] for p in curve], color=color,
-                        lw=2, label=f"{row['model']} ({len(row['checkpoints'])} seed(s))")
+                ax.plot([p["tokens"] / 1e6 for p in curve], [p[key] for p in curve], **style)
+
+    for i, row in enumerate(rows):
+        for curve in row.get("curves", []):  # thin: each seed
+            draw(curve, color=f"C{i}", alpha=0.25, lw=0.8)
+        draw(row.get("curve"), color=f"C{i}", lw=2,  # thick: the mean over seeds
+             label=f"{row['model']} ({len(row['checkpoints'])} seed(s))")
     for ax, (_, title) in zip(axes, panels):
         ax.set_xlabel("training tokens (millions)")
         ax.set_title(title, fontsize=10)
@@ -175,8 +173,10 @@ def main():
         try:
             with open(args.from_json) as f:
                 rows = json.load(f)
-            assert isinstance(rows, list) and all("model" in r and "checkpoints" in r for r in rows)
-        except (OSError, ValueError, AssertionError):
+        except (OSError, ValueError):
+            rows = None
+        if not (isinstance(rows, list) and all(isinstance(r, dict) and "model" in r and "checkpoints" in r
+                                               for r in rows)):
             die(f"{args.from_json} is not a comparison written by sink_compare.py --json")
     else:
         rows = measure_arms(args)

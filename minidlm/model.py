@@ -108,7 +108,6 @@ class Attention(nn.Module):
         B, H, T, D = y.shape
         return self.wo(y.transpose(1, 2).reshape(B, T, H * D))
 
-
     def unrotate_sink_score(self, q, k, rope, mask):
         """Add to key column 0 ([SINK], at RoPE position 0 so its stored key is unrotated) the
         change that turns q_i . k_0 (rotated q_i) into the unrotated q_i' . k_0 = q_i . R_i k_0."""
