@@ -10,9 +10,15 @@ Only masked positions contribute, [MASK] is never a target, and the sum is norma
 B * L tokens. exp(NELBO) bounds the perplexity from above. t is stratified across the batch,
 t_i = (u + i / B) mod 1, which lowers the variance of the estimate at no cost.
 
+Training may draw t from a narrower range [t_min, t_max] and drop the 1/p weight (`train_loss`);
+that loss is then NOT the bound (it leaves out the ends of the t range and reweights the rest)
+and only serves to learn faster. Whatever the training loss, evaluation stays the true NELBO.
+
 For evaluation, LLaDA's lower-variance estimator (arXiv 2502.09992, Eq. 6) draws the NUMBER of
-masked tokens l uniformly from 1..L (spread evenly over the Monte-Carlo samples), masks l
-positions without replacement and weights the summed cross-entropy by L / l.
+masked tokens l uniformly from 1..L, masks l positions without replacement and weights the summed
+cross-entropy by L / l. The n_mc samples of a window are stratified: l_k = 1 + floor((k + u) L / n_mc)
+with one u ~ U[0, 1) per window, so each l in 1..L is exactly equally likely (no fixed grid that
+over- or under-weights the steep ends of the loss curve) and every window covers the whole range.
 """
 import math
 
@@ -22,44 +28,54 @@ import torch.nn.functional as F
 EPS = 1e-3
 
 
-def forward_process(x0, mask_id, generator=None, eps=EPS):
-    """Mask a batch (B, L): returns x_t, the boolean mask and p (B, 1), with stratified t."""
+def forward_process(x0, mask_id, generator=None, eps=EPS, t_min=0.0, t_max=1.0):
+    """Mask a batch (B, L): returns x_t, the boolean mask and p (B, 1), with t stratified over
+    [t_min, t_max] (the full [0, 1] for the NELBO)."""
     B, L = x0.shape
     u = torch.rand((), generator=generator, device=x0.device)
-    t = (u + torch.arange(B, device=x0.device) / B) % 1.0
+    t = t_min + (t_max - t_min) * ((u + torch.arange(B, device=x0.device) / B) % 1.0)
     p = ((1 - eps) * t + eps).unsqueeze(1)
     masked = torch.rand(B, L, generator=generator, device=x0.device) < p
     return torch.where(masked, mask_id, x0), masked, p
 
 
 def nelbo_loss(model, x0, mask_id, generator=None):
-    """The training loss: per-token NELBO in nats (1/p weighting, all tokens in the mean)."""
-    xt, masked, p = forward_process(x0, mask_id, generator)
+    """The per-token NELBO in nats (t over [0, 1], 1/p weighting, all tokens in the mean)."""
+    return train_loss(model, x0, mask_id, generator)
+
+
+def train_loss(model, x0, mask_id, generator=None, t_min=0.0, t_max=1.0, weight_by_p=True, eps=EPS):
+    """Masked cross-entropy summed over masked positions, divided by all B * L tokens.
+
+    With the defaults this is the NELBO. A narrower t range or weight_by_p=False (plain masked CE,
+    no 1/p) trains on what the model can learn from soonest, and is no longer the bound."""
+    xt, masked, p = forward_process(x0, mask_id, generator, eps=eps, t_min=t_min, t_max=t_max)
     logits = model(xt)
-    ce = F.cross_entropy(logits.flatten(0, 1).float(), x0.flatten(), reduction="none")
-    return (ce.view_as(x0) * masked / p).sum() / x0.numel()
+    ce = F.cross_entropy(logits.flatten(0, 1).float(), x0.flatten(), reduction="none").view_as(x0)
+    return (ce * masked / (p if weight_by_p else 1.0)).sum() / x0.numel()
 
 
 @torch.no_grad()
 def evaluate_nelbo(model, windows, mask_id, n_mc=16, batch_size=32, seed=0):
     """Monte-Carlo NELBO of validation windows (N, L) in nats per token.
 
-    Returns (mean, standard error across windows). Each window gets n_mc samples whose masked
-    counts l are spread evenly over 1..L; each sample scores (1/l) * sum of masked CE."""
+    Returns (mean, standard error across windows). Window n's k-th sample masks
+    l = 1 + floor((k + u_n) L / n_mc) random positions (u_n ~ U[0, 1): l is uniform over 1..L) and
+    scores (L / l) * (sum of masked CE) / L. The standard error is that of the per-window means."""
     device = windows.device
     g = torch.Generator(device=device).manual_seed(seed)
     N, L = windows.shape
-    counts = torch.linspace(1, L, n_mc, device=device).round().long()  # l per MC sample
+    u = torch.rand(N, generator=g, device=device)
     per_window = torch.zeros(N, device=device)
     for k in range(n_mc):
-        l = int(counts[k])
+        counts = (1 + ((k + u) * L / n_mc).floor().long()).clamp(max=L)  # (N,) masked count l
         for start in range(0, N, batch_size):
-            x0 = windows[start:start + batch_size]
+            x0, l = windows[start:start + batch_size], counts[start:start + batch_size, None]
             scores = torch.rand(x0.shape, generator=g, device=device)
             masked = scores.argsort(dim=1).argsort(dim=1) < l  # exactly l random positions
             logits = model(torch.where(masked, mask_id, x0))
             ce = F.cross_entropy(logits.flatten(0, 1).float(), x0.flatten(), reduction="none")
-            per_window[start:start + batch_size] += (ce.view_as(x0) * masked).sum(1) / l
+            per_window[start:start + batch_size] += (ce.view_as(x0) * masked).sum(1) / l.squeeze(1)
     per_window /= n_mc
     se = per_window.std() / math.sqrt(N) if N > 1 else torch.tensor(float("nan"))
     return per_window.mean().item(), se.item()
@@ -70,3 +86,11 @@ def describe_nelbo(nats: float, se: float) -> str:
     bits, bits_se = nats / math.log(2), se / math.log(2)
     return (f"val NELBO {bits:.3f} +- {bits_se:.3f} bits/token "
             f"(perplexity <= {math.exp(nats):.2f} +- {math.exp(nats) * se:.2f})")
+
+
+def unigram_entropy_bits(windows, vocab_size: int) -> float:
+    """Entropy (bits/token) of the token frequencies of `windows` themselves: what a model that
+    knows only word frequencies would score. A NELBO near it means nothing was learned from context."""
+    counts = torch.bincount(windows.flatten().cpu(), minlength=vocab_size).double()
+    p = counts[counts > 0] / counts.sum()
+    return float(-(p * p.log2()).sum())
