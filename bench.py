@@ -1,7 +1,13 @@
-"""Sampler benchmark: tokens/s of every cache, next to the speed-up its counted work promises.
+"""Benchmarks: the sampler's caches, and (--train) training throughput against the hardware.
 
     python bench.py            # batch 1 and 8, prompt 32 + 128 generated tokens, 1 token/step, block 32
     python bench.py --quick    # the same at 64 generated tokens, one timed run: under a minute
+    python bench.py --train    # training steps of the default train_tiny.py model and recipe
+
+--train prints tokens/s, the FLOPs per token counted from the model config (forward + backward =
+3 x forward; forward = 2 x every weight matrix's size + 4 x T x d per layer for the bidirectional
+attention scores and their weighted sum), the achieved GFLOP/s, and the float32 matmul peak it
+measures on the same machine in the same run (a large square matmul), with their ratio.
 
 Rows: `uncached` (our sampler), `llada-ref` (a plain re-implementation of LLaDA's `generate` loop:
 full forward each step, float64 softmax, a per-row top-k with a tensor k, i.e. one host sync per
@@ -12,7 +18,6 @@ cache's V projection of every response row for its similarity test, gathers and 
 achieved / ideal says how much of the saved work turned into saved time. `agree` is the share
 of generated tokens equal to the uncached sampler's.
 """
-import json
 import os
 import time
 
@@ -20,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from minidlm.checkpoint import CheckpointError, load_model
-from minidlm.cli import ArgumentParser, die, pick_device, positive_int
+from minidlm.cli import ArgumentParser, die, pick_device, positive_int, write_json
 from minidlm.data import load_documents
 from minidlm.sampler import SamplerConfig, generate
 
@@ -67,8 +72,75 @@ def timed(fn, device, repeats):
     return out, best
 
 
+def flops_per_token(cfg, seq_len: int) -> int:
+    """Training FLOPs per token of a ModelConfig: 3 x forward (the backward costs two forwards)."""
+    d, f = cfg.d_model, cfg.mlp_ratio * cfg.d_model
+    per_layer = 2 * (4 * d * d + 2 * d * f) + 2 * 2 * (seq_len + int(cfg.sink)) * d
+    return 3 * (cfg.n_layer * per_layer + 2 * d * cfg.vocab_size)
+
+
+def matmul_peak_gflops(device, n=1024, seconds=2.0):
+    """float32 GFLOP/s of repeated n x n matmuls: the most this machine's BLAS gives the model."""
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    return 2 * n ** 3 / timed_loop(lambda: a @ b, device, seconds) / 1e9
+
+
+def timed_loop(fn, device, seconds):
+    """Seconds per call of fn, after one warm-up call, over about `seconds` of calls."""
+    fn()
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync()
+    calls, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds or calls < 3:
+        fn()
+        calls += 1
+    sync()
+    return (time.perf_counter() - start) / calls
+
+
+def train_benchmark(device, seconds: float, json_path=None):
+    """Optimizer steps of the default train_tiny.py run on random tokens."""
+    import train_tiny  # the default model and recipe, from the one place that defines them
+    from minidlm.diffusion import train_loss
+    from minidlm.model import DiffusionLM
+    from minidlm.optim import build_optimizers
+
+    args = train_tiny.parse_args([])
+    cfg = train_tiny.model_config(args, args.vocab_size)
+    model = DiffusionLM(cfg).to(device).train()
+    opts = build_optimizers(model, args.optimizer, args.lr, args.muon_lr, args.weight_decay)
+    g = torch.Generator(device=device).manual_seed(0)
+    x0 = torch.randint(0, args.vocab_size - 1, (args.batch_size, args.seq_len), device=device)
+
+    def step():
+        loss = train_loss(model, x0, args.vocab_size - 1, g, t_min=args.t_min, t_max=args.t_max,
+                          weight_by_p=not args.plain_ce)
+        for opt in opts:
+            opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        for opt in opts:
+            opt.step()
+
+    per_step = timed_loop(step, device, seconds)
+    tokens = args.batch_size * args.seq_len
+    flops = flops_per_token(cfg, args.seq_len)
+    achieved = tokens * flops / per_step / 1e9
+    peak = matmul_peak_gflops(device)
+    print(f"device {device.type}, threads {torch.get_num_threads()}, default train_tiny.py model "
+          f"({model.num_params():,} parameters), batch {args.batch_size} x {args.seq_len}, {args.optimizer}")
+    print("| tokens/s | FLOPs/token | achieved GFLOP/s | matmul peak GFLOP/s | achieved/peak |")
+    print("|---|---|---|---|---|")
+    print(f"| {tokens / per_step:,.0f} | {flops / 1e6:.1f} M | {achieved:.1f} | {peak:.1f} | "
+          f"{achieved / peak:.0%} |")
+    if json_path:
+        write_json(json_path, {"tokens_per_s": tokens / per_step, "flops_per_token": flops,
+                               "achieved_gflops": achieved, "peak_gflops": peak})
+
+
+
 def main():
-    p = ArgumentParser(description="Benchmark the sampler's caches (prints ratios, not a test).")
+    p = ArgumentParser(description="Benchmark the sampler's caches or training (prints ratios, not a test).")
     p.add_argument("--checkpoint", default="checkpoints/tiny.pt")
     p.add_argument("--device", default="auto")
     p.add_argument("--quick", action="store_true", help="64 generated tokens, one timed run")
@@ -76,11 +148,18 @@ def main():
     p.add_argument("--prompt-length", type=positive_int, default=32)
     p.add_argument("--repeats", type=positive_int, default=3, help="timed runs per row (best is kept)")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the rows as JSON here")
+    p.add_argument("--train", action="store_true", help="benchmark training steps instead of sampling")
+    p.add_argument("--seconds", type=float, default=10.0, help="--train: seconds of timed steps")
     args = p.parse_args()
     try:
         device = pick_device(args.device)
+    except ValueError as e:
+        die(str(e))
+    if args.train:
+        return train_benchmark(device, args.seconds, args.json)
+    try:
         model, tok, _ = load_model(args.checkpoint, device)
-    except (ValueError, CheckpointError) as e:
+    except CheckpointError as e:
         die(str(e))
     gen_length = 64 if args.quick else 128
     repeats = 1 if args.quick else args.repeats
@@ -123,9 +202,7 @@ def main():
                   f"| {speedup / ideal:.2f} | {agree:.0%} |", flush=True)
 
     if args.json:
-        os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(table, f, indent=1)
+        write_json(args.json, table)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import torch
 from minidlm.checkpoint import CheckpointError, load_model
 from minidlm.cli import ArgumentParser, die, pick_device, positive_int
 from minidlm.cota import CoTAConfig
-from minidlm.evaluate import continuation_text
+from minidlm.evaluate import continuation_text, plateau_warning
 from minidlm.sampler import SamplerConfig, generate
 from minidlm.show import DenoisingView
 from minidlm.sinks import SinkProbe, describe, plot
@@ -89,6 +89,9 @@ def main():
         model, tokenizer, meta = load_model(args.checkpoint, device)
     except (ValueError, CheckpointError) as e:
         die(str(e))
+    warning = plateau_warning(meta)
+    if warning:
+        print(warning, file=sys.stderr)
     texts = [t for t in (args.prompt or [""]) for _ in range(args.num_samples)]
     prompts = [[tokenizer.eot_id] + tokenizer.encode(t) for t in texts]  # EOT: "a story starts here"
     cfg = SamplerConfig(gen_length=args.gen_length, steps=args.steps, block_length=args.block_length,

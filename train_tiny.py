@@ -11,6 +11,7 @@ interrupted run leaves the last good checkpoint. --out must not exist unless --r
 """
 import math
 import os
+from argparse import BooleanOptionalAction
 import shlex
 import sys
 import time
@@ -21,9 +22,10 @@ from minidlm.checkpoint import (CheckpointError, atomic_save, read, save_model, 
 from minidlm.cli import ArgumentParser, die, pick_device, positive_int
 from minidlm.corpus import CorpusError
 from minidlm.data import fixed_windows, load_documents, random_windows, token_stream
-from minidlm.diffusion import describe_nelbo, evaluate_nelbo, nelbo_loss
+from minidlm.diffusion import describe_nelbo, evaluate_nelbo, train_loss, unigram_entropy_bits
 from minidlm.evaluate import held_out_prompts, sample_grammatical_rate
 from minidlm.model import DiffusionLM, ModelConfig
+from minidlm.optim import build_optimizers, lr_factor, set_lr
 from minidlm.sampler import SamplerConfig
 from minidlm.sinks import training_curve_point
 from minidlm.tokenizer import Tokenizer
@@ -47,13 +49,31 @@ def parse_args(argv=None):
     m.add_argument("--d-model", type=positive_int, default=128)
     m.add_argument("--seq-len", type=positive_int, default=256, help="training window = model context")
     m.add_argument("--vocab-size", type=positive_int, default=1024, help="BPE vocabulary incl. special tokens")
-    s = p.add_argument_group("schedule")
-    s.add_argument("--steps", type=positive_int, default=800)
-    s.add_argument("--batch-size", type=positive_int, default=16)
-    s.add_argument("--lr", type=float, default=2e-3, help="peak AdamW learning rate")
+    m.add_argument("--qk-norm", action=BooleanOptionalAction, default=True, help="RMS-normalise queries and keys")
+    m.add_argument("--relu2", action=BooleanOptionalAction, default=True, help="ReLU^2 MLP instead of GELU")
+    m.add_argument("--zero-init", action=BooleanOptionalAction, default=True,
+                   help="start the residual projections at zero")
+    m.add_argument("--unigram-bias", action=BooleanOptionalAction, default=True,
+                   help="an output bias started at the log unigram frequencies of the training text")
+    s = p.add_argument_group("schedule and objective")
+    s.add_argument("--steps", type=positive_int, default=1000)
+    s.add_argument("--minutes", type=float, default=None,
+                   help="time budget: the schedule runs on max(step share, time share) and training "
+                        "stops when either is used up")
+    s.add_argument("--batch-size", type=positive_int, default=8)
+    s.add_argument("--optimizer", choices=["adamw", "muon"], default="muon",
+                   help="muon: Muon on the blocks' matrices, AdamW on the rest (default %(default)s)")
+    s.add_argument("--lr", type=float, default=6e-3, help="peak AdamW learning rate")
+    s.add_argument("--muon-lr", type=float, default=0.04, help="peak Muon learning rate")
     s.add_argument("--weight-decay", type=float, default=0.1)
-    s.add_argument("--warmup", type=int, default=100, help="linear warm-up steps")
-    s.add_argument("--eval-interval", type=positive_int, default=250, help="validate and save every N steps")
+    s.add_argument("--warmup", type=int, default=0, help="linear warm-up steps")
+    s.add_argument("--schedule", choices=["cosine", "wsd"], default="wsd")
+    s.add_argument("--cooldown", type=float, default=0.3, help="wsd: share of the run spent decaying")
+    s.add_argument("--t-min", type=float, default=0.15, help="training draws t ~ U[t-min, t-max]")
+    s.add_argument("--t-max", type=float, default=0.85)
+    s.add_argument("--plain-ce", action=BooleanOptionalAction, default=False,
+                   help="train on masked CE without the 1/p weight")
+    s.add_argument("--eval-interval", type=positive_int, default=100, help="validate and save every N steps")
     s.add_argument("--eval-mc", type=positive_int, default=16, help="Monte-Carlo samples per window in the final NELBO")
     s.add_argument("--curve-every", type=positive_int, default=100,
                    help="log the sink-emergence curve (minidlm/sinks.py) every N steps (default %(default)s)")
@@ -65,18 +85,18 @@ def parse_args(argv=None):
     return args
 
 
-def learning_rate(step: int, args) -> float:
-    """Linear warm-up, then cosine decay to 10 % of the peak."""
-    if step < args.warmup:
-        return args.lr * (step + 1) / args.warmup
-    progress = (step - args.warmup) / max(1, args.steps - args.warmup)
-    return args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+def model_config(args, vocab_size: int) -> ModelConfig:
+    return ModelConfig(vocab_size=vocab_size, n_layer=args.n_layer, n_head=args.n_head,
+                       d_model=args.d_model, max_seq_len=args.seq_len, sink=args.sink,
+                       sink_rotation=not args.sink_no_rotation, qk_norm=args.qk_norm,
+                       mlp_act="relu2" if args.relu2 else "gelu", head_bias=args.unigram_bias,
+                       zero_init=args.zero_init)
 
 
-def progress_line(step, total, loss, tok_per_s, elapsed):
-    eta = (total - step) * elapsed / max(step, 1)
-    return (f"step {step}/{total} | loss {loss:.3f} | {tok_per_s / 1000:.1f}k tok/s | "
-            f"elapsed {elapsed / 60:.1f} min | ETA {eta / 60:.1f} min")
+def progress_line(step, progress, loss, tok_per_s, seconds):
+    eta = seconds * (1 - progress) / max(progress, 1e-9)
+    return (f"step {step} ({progress:.0%}) | loss {loss:.3f} | {tok_per_s / 1000:.1f}k tok/s | "
+            f"trained {seconds / 60:.1f} min | ETA {eta / 60:.1f} min")
 
 
 def main():
@@ -121,23 +141,23 @@ def main():
           file=sys.stderr)
 
     torch.manual_seed(args.seed)
-    cfg = ModelConfig(vocab_size=tokenizer.vocab_size, n_layer=args.n_layer, n_head=args.n_head,
-                      d_model=args.d_model, max_seq_len=args.seq_len, sink=args.sink,
-                      sink_rotation=not args.sink_no_rotation)
+    cfg = model_config(args, tokenizer.vocab_size)
     try:
         model = DiffusionLM(cfg).to(device)
     except ValueError as e:
         die(str(e))
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=args.lr, betas=(0.9, 0.95))
+    if args.unigram_bias:  # start at the word-frequency solution instead of learning it first
+        counts = torch.bincount(train_stream, minlength=cfg.vocab_size).float() + 1.0
+        with torch.no_grad():
+            model.head.bias.copy_((counts / counts.sum()).log())
+    opts = build_optimizers(model, args.optimizer, args.lr, args.muon_lr, args.weight_decay)
     batch_gen = torch.Generator().manual_seed(args.seed)          # which windows
     mask_gen = torch.Generator(device=device).manual_seed(args.seed + 1)  # which tokens are masked
     step = 0
     if state:
         model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
+        for opt, saved_opt in zip(opts, state["optimizer"]):
+            opt.load_state_dict(saved_opt)
         batch_gen.set_state(state["batch_rng"])
         mask_gen.set_state(state["mask_rng"].to(mask_gen.get_state().device))
         step = state["step"]
@@ -158,13 +178,16 @@ def main():
 
     def save(final_metrics=None):
         meta = {"command": command, "args": vars(args), "step": step, "metrics": final_metrics or {},
-                "curve": curve}
+                "curve": curve, "evals": evals, "unigram_bits_per_token": unigram_bits}
         save_model(args.out, model, tokenizer, meta)
         atomic_save({"args": vars(args), "step": step, "model": model.state_dict(),
-                     "optimizer": opt.state_dict(), "tokenizer": tokenizer.state_dict(),
+                     "optimizer": [opt.state_dict() for opt in opts], "tokenizer": tokenizer.state_dict(),
                      "batch_rng": batch_gen.get_state(), "mask_rng": mask_gen.get_state().cpu(),
-                     "curve": curve},
+                     "curve": curve, "evals": evals, "train_seconds": train_seconds},
                     state_path(args.out))
+
+    unigram_bits = unigram_entropy_bits(val, cfg.vocab_size)
+    evals = state.get("evals", []) if state else []  # quick validations along the run
 
     def validate(n_mc):
         model.eval()
@@ -172,42 +195,62 @@ def main():
         model.train()
         return nats, se
 
+    def report(label, nats, se):
+        print(("\n" if tty else "") + f"{label}: model {describe_nelbo(nats, se)}; word frequencies "
+              f"alone {unigram_bits:.2f} bits/token", file=sys.stderr)
+
+    def progress():
+        """Share of the run done: of the steps, or of the time budget if that runs out first."""
+        done = step / args.steps
+        return max(done, train_seconds / (60 * args.minutes)) if args.minutes else done
+
     tokens_per_step = args.batch_size * args.seq_len
-    start, start_step, tty = time.time(), step, sys.stderr.isatty()
+    train_seconds = state.get("train_seconds", 0.0) if state else 0.0  # optimizer steps only
+    start_step, start_seconds, tty = step, train_seconds, sys.stderr.isatty()
     model.train()
     if not curve:
         log_curve()
-    while step < args.steps:
-        for group in opt.param_groups:
-            group["lr"] = learning_rate(step, args)
+    while progress() < 1.0:
+        tick = time.time()
+        set_lr(opts, lr_factor(progress(), step, args.warmup, args.schedule, args.cooldown))
         x0 = random_windows(train_stream, args.batch_size, args.seq_len, batch_gen).to(device)
-        loss = nelbo_loss(model, x0, tokenizer.mask_id, generator=mask_gen)
+        loss = train_loss(model, x0, tokenizer.mask_id, mask_gen, t_min=args.t_min, t_max=args.t_max,
+                          weight_by_p=not args.plain_ce)
         if not torch.isfinite(loss):
             die(f"loss became {loss.item()} at step {step}; stopping. The last good checkpoint "
                 f"({args.out}, step saved there) is intact. Try a lower --lr.", code=1)
-        opt.zero_grad(set_to_none=True)
+        for opt in opts:
+            opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+        for opt in opts:
+            opt.step()
         step += 1
-        elapsed = time.time() - start
-        if tty or step % 25 == 0 or step == args.steps:
-            line = progress_line(step, args.steps, loss.item(),
-                                 (step - start_step) * tokens_per_step / elapsed, elapsed)
+        train_seconds += time.time() - tick
+        done = progress() >= 1.0
+        if tty or step % 25 == 0 or done:
+            line = progress_line(step, progress(), loss.item(),
+                                 (step - start_step) * tokens_per_step / (train_seconds - start_seconds),
+                                 train_seconds)
             print("\r" + line if tty else line, end="" if tty else "\n", file=sys.stderr, flush=True)
-        if step % args.curve_every == 0 or step == args.steps:
+        if step % args.curve_every == 0 or done:
             log_curve()
-        if step % args.eval_interval == 0 and step < args.steps:
+        if step % args.eval_interval == 0 and not done:
             nats, se = validate(n_mc=4)
-            print(("\n" if tty else "") + f"step {step}: quick " + describe_nelbo(nats, se), file=sys.stderr)
+            evals.append({"step": step, "tokens": step * tokens_per_step, "train_seconds": train_seconds,
+                          "bits": nats / math.log(2)})
+            report(f"step {step}: quick", nats, se)
             save()
     if tty:
         print(file=sys.stderr)
     nats, se = validate(n_mc=args.eval_mc)
-    minutes = (time.time() - start) / 60
+    minutes = train_seconds / 60
     metrics = {"val_nelbo_nats": nats, "val_nelbo_se": se, "val_bits_per_token": nats / math.log(2),
-               "train_minutes": minutes, "tokens_seen": step * tokens_per_step}
-    print(f"final {describe_nelbo(nats, se)}; {minutes:.1f} min of training", file=sys.stderr)
+               "unigram_bits_per_token": unigram_bits, "train_minutes": minutes,
+               "tokens_seen": step * tokens_per_step}
+    evals.append({"step": step, "tokens": step * tokens_per_step, "train_seconds": train_seconds,
+                  "bits": nats / math.log(2)})
+    report(f"final ({minutes:.1f} min of training, {step} steps)", nats, se)
     if args.data is None:  # the embedded corpus has a grammar to score samples against
         model.eval()
         prompts = held_out_prompts(val_docs, 32)

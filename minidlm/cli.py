@@ -1,5 +1,8 @@
 """Small pieces shared by the command-line scripts: one-line errors with exit code 2, devices."""
 import argparse
+import json
+import math
+import os
 import sys
 
 import torch
@@ -36,8 +39,35 @@ def pick_device(name: str) -> torch.device:
         raise ValueError(f"unknown device {name!r} (use auto, cpu, cuda or mps)") from None
 
 
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
-    return value
+def number(kind=float, lo=None, hi=None, lo_open=False, hi_open=False):
+    """An argparse `type` for a finite int or float within [lo, hi] (or open ends): nan, inf and
+    out-of-range values are refused with one line (and exit code 2) by ArgumentParser."""
+    what = "an integer" if kind is int else "a number"
+    low = "" if lo is None else (f"> {lo}" if lo_open else f">= {lo}")
+    high = "" if hi is None else (f"< {hi}" if hi_open else f"<= {hi}")
+    bounds = " and ".join(b for b in (low, high) if b)
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+        if ((lo is not None and (value < lo or (lo_open and value == lo)))
+                or (hi is not None and (value > hi or (hi_open and value == hi)))):
+            raise argparse.ArgumentTypeError(f"expected {what} {bounds}, got {text}")
+        return value
+
+    parse.__name__ = f"{what} {bounds}".strip()  # argparse names the type in its messages
+    return parse
+
+
+positive_int = number(int, lo=1, hi=10**9)
+
+
+def write_json(path: str, obj):
+    """Write `obj` as indented JSON, creating the folder if needed."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(obj, f, indent=1)

@@ -41,3 +41,19 @@ def pooled_grammatical_rate(texts):
     complete = [s for text in texts for s in split_sentences(text) if s[-1] in ".!?"]
     good = sum(is_grammatical(s) for s in complete)
     return (good / len(complete) if complete else 0.0), len(complete)
+
+
+PLATEAU_MARGIN_BITS = 0.5  # a model within this of the unigram entropy has not learned from context
+
+
+def plateau_warning(meta: dict):
+    """One line for stderr when a checkpoint's last validation NELBO is not clearly below the
+    unigram entropy of its validation text (the word-frequency plateau), else None."""
+    unigram = meta.get("unigram_bits_per_token")
+    evals = meta.get("evals") or []
+    bits = meta.get("metrics", {}).get("val_bits_per_token", evals[-1]["bits"] if evals else None)
+    if unigram is None or bits is None or bits < unigram - PLATEAU_MARGIN_BITS:
+        return None
+    return (f"warning: this model scores {bits:.2f} bits/token against {unigram:.2f} for word "
+            f"frequencies alone: it has not learned to use context yet (train it longer), so expect "
+            f"empty or word-salad text")

@@ -43,6 +43,10 @@ class ModelConfig:
     sink: bool = False
     sink_rotation: bool = True  # False: the sink's key is scored without RoPE (see above)
     rope_base: float = 10000.0
+    qk_norm: bool = False       # RMS-normalise queries and keys per head before RoPE
+    mlp_act: str = "gelu"       # "gelu" or "relu2" (ReLU squared)
+    head_bias: bool = False     # a bias on the output logits (train_tiny starts it at log unigram)
+    zero_init: bool = False     # start the residual projections (attn out, MLP down) at zero
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -87,12 +91,14 @@ class Attention(nn.Module):
         self.wqkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=False)
         self.wo = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
         self.unrotated_sink = cfg.sink and not cfg.sink_rotation
+        self.q_norm = RMSNorm(self.head_dim) if cfg.qk_norm else nn.Identity()
+        self.k_norm = RMSNorm(self.head_dim) if cfg.qk_norm else nn.Identity()
 
     def qkv(self, x, rope):
         """Rotated queries and keys, and values, each (B, H, T, head_dim)."""
         B, T, _ = x.shape
         q, k, v = self.wqkv(x).view(B, T, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)
-        return apply_rope(q, *rope), apply_rope(k, *rope), v
+        return apply_rope(self.q_norm(q), *rope), apply_rope(self.k_norm(k), *rope), v
 
     def forward(self, x, rope, mask, kv_update=None, trace=None):
         q, k, v = self.qkv(x, rope)
@@ -123,9 +129,13 @@ class MLP(nn.Module):
         super().__init__()
         self.up = nn.Linear(cfg.d_model, cfg.mlp_ratio * cfg.d_model, bias=False)
         self.down = nn.Linear(cfg.mlp_ratio * cfg.d_model, cfg.d_model, bias=False)
+        if cfg.mlp_act not in ("gelu", "relu2"):
+            raise ValueError(f"mlp_act must be 'gelu' or 'relu2', got {cfg.mlp_act!r}")
+        self.relu2 = cfg.mlp_act == "relu2"
 
     def forward(self, x):
-        return self.down(F.gelu(self.up(x)))
+        h = self.up(x)
+        return self.down(F.relu(h).square() if self.relu2 else F.gelu(h))
 
 
 class Block(nn.Module):
@@ -149,11 +159,14 @@ class DiffusionLM(nn.Module):
         self.sink_embed = nn.Parameter(torch.zeros(1, 1, cfg.d_model)) if cfg.sink else None
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.norm = RMSNorm(cfg.d_model)
-        self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=cfg.head_bias)
         self.apply(self._init)
-        for block in self.blocks:  # GPT-2: scale residual projections by depth
+        for block in self.blocks:  # GPT-2: scale residual projections by depth (or start at 0)
             for w in (block.attn.wo.weight, block.mlp.down.weight):
-                nn.init.normal_(w, std=0.02 / math.sqrt(2 * cfg.n_layer))
+                if cfg.zero_init:
+                    nn.init.zeros_(w)
+                else:
+                    nn.init.normal_(w, std=0.02 / math.sqrt(2 * cfg.n_layer))
         if cfg.sink:
             nn.init.normal_(self.sink_embed, std=0.02)
 
@@ -161,6 +174,8 @@ class DiffusionLM(nn.Module):
     def _init(m):
         if isinstance(m, (nn.Linear, nn.Embedding)):
             nn.init.normal_(m.weight, std=0.02)
+        if isinstance(m, nn.Linear) and m.bias is not None:
+            nn.init.zeros_(m.bias)
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -12,15 +12,23 @@ torch.set_num_threads(min(2, torch.get_num_threads()))
 VOCAB, MASK_ID, PAD_ID = 40, 38, 37
 
 
-def tiny_model(sink=False, seed=0, n_layer=2, max_seq_len=64, sink_rotation=True):
+# The architecture of train_tiny.py's default recipe (zero_init is an init choice only, and would
+# leave these random test models with nothing in their residual branches).
+RECIPE = dict(qk_norm=True, mlp_act="relu2", head_bias=True)
+FIRST_ROUND = dict(qk_norm=False, mlp_act="gelu", head_bias=False)
+
+
+def tiny_model(sink=False, seed=0, n_layer=2, max_seq_len=64, sink_rotation=True, arch=RECIPE):
     torch.manual_seed(seed)
     cfg = ModelConfig(vocab_size=VOCAB, n_layer=n_layer, n_head=2, d_model=16,
-                      max_seq_len=max_seq_len, sink=sink, sink_rotation=sink_rotation)
+                      max_seq_len=max_seq_len, sink=sink, sink_rotation=sink_rotation, **arch)
     model = DiffusionLM(cfg).double().eval()
     with torch.no_grad():  # larger weights than the init so predictions are not all alike
         for p in model.parameters():
             if p.dim() >= 2:
                 p.mul_(10)
+            elif p.dim() == 1 and p.shape[0] == VOCAB:  # the output bias: not all alike either
+                p.normal_()
     return model
 
 

@@ -1,0 +1,138 @@
+"""The training-recipe ablation: today's recipe, each lever alone, and the default, over seeds.
+
+    python ablation.py                                  # embedded corpus, seeds 0 1
+    python ablation.py --data runs/pydoc.txt --rows first-round,default --json results/ablation-pydoc.json
+    python ablation.py --from-json results/ablation.json    # print a saved table again
+
+Every row is `python train_tiny.py` with the flags below, run twice per seed: once for the same
+number of training tokens as the default recipe's run of `--steps` steps (equal TOKENS), and once
+for the wall time that run took on this machine in this invocation (equal TIME, `--minutes`; the
+schedule then runs on time). The budget is a short run (default 200 steps of the default batch,
+0.4 M tokens), where the recipes differ most: how fast each leaves the unigram plateau.
+Rows whose throughput equals the default's would only repeat themselves, so the equal-time run is
+skipped where a row trains at the default's tokens/s within 3 % and its equal-token result is
+reused (the table says so). Each cell is the mean +- sd over seeds of the full validation NELBO
+(train_tiny.py's final evaluation, `evaluate_nelbo` with 16 samples per window), beside the
+unigram entropy of the validation text, the grammatical rate (embedded corpus only) and tokens/s.
+Runs go to runs/ablation/; JSON rows to --json.
+"""
+import json
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+
+import train_tiny
+from minidlm.checkpoint import CheckpointError, read
+from minidlm.cli import ArgumentParser, die, number, write_json
+
+# key: (what it shows, train_tiny.py flags on top of the default recipe)
+FIRST_ROUND = ["--optimizer", "adamw", "--t-min", "0", "--t-max", "1", "--no-plain-ce", "--schedule", "cosine",
+               "--warmup", "100", "--batch-size", "16", "--no-qk-norm", "--no-relu2", "--no-zero-init",
+               "--no-unigram-bias"]
+ROWS = {
+    "first-round": ("the first round's recipe (AdamW, t ~ U[0, 1], 1/p, cosine, batch 16, GELU)", FIRST_ROUND),
+    "muon": ("first round + Muon on the blocks' matrices", FIRST_ROUND + ["--optimizer", "muon"]),
+    "mid-t": ("first round + t ~ U[0.15, 0.85]", FIRST_ROUND + ["--t-min", "0.15", "--t-max", "0.85"]),
+    "arch": ("first round + QK-norm, ReLU^2, zero-init projections, unigram output bias",
+             FIRST_ROUND + ["--qk-norm", "--relu2", "--zero-init", "--unigram-bias"]),
+    "default": ("the default recipe (all of the above, its schedule and batch)", []),
+}
+SAME_SPEED = 0.03
+
+
+def run(flags, out, log):
+    command = [sys.executable, "train_tiny.py", "--out", out, "--force", "--curve-every", "100000", *flags]
+    print("$ " + " ".join(shlex.quote(a) for a in command[1:]), file=sys.stderr, flush=True)
+    with open(log, "w") as f:
+        result = subprocess.run(command, stderr=f, stdout=f)
+    if result.returncode != 0:
+        die(f"training failed (exit {result.returncode}); see {log}", code=1)
+    meta = read(out)["meta"]
+    m = meta["metrics"]
+    return {"bits": m["val_bits_per_token"], "se_bits": m["val_nelbo_se"] / 0.6931471805599453,
+            "unigram_bits": m["unigram_bits_per_token"], "grammatical": m.get("grammatical_rate"),
+            "tokens": m["tokens_seen"], "minutes": m["train_minutes"],
+            "tok_s": m["tokens_seen"] / (60 * m["train_minutes"]), "command": meta["command"]}
+
+
+def cell(values, fmt):
+    values = [v for v in values if v is not None]
+    if not values:
+        return "-"
+    sd = statistics.stdev(values) if len(values) > 1 else float("nan")
+    return f"{fmt(statistics.mean(values))} +- {fmt(sd)}"
+
+
+def table(results):
+    lines = ["| row | equal tokens: NELBO bits | equal time: NELBO bits | unigram bits | grammatical "
+             "(equal tokens) | tokens/s | what |", "|---|---|---|---|---|---|---|"]
+    for key, r in results["rows"].items():
+        same = " (= equal tokens)" if r["time_reused"] else ""
+        lines.append(
+            f"| {key} | {cell([x['bits'] for x in r['tokens']], lambda v: f'{v:.3f}')} "
+            f"| {cell([x['bits'] for x in r['time']], lambda v: f'{v:.3f}')}{same} "
+            f"| {statistics.mean(x['unigram_bits'] for x in r['tokens']):.2f} "
+            f"| {cell([x['grammatical'] for x in r['tokens']], lambda v: f'{v:.1%}')} "
+            f"| {statistics.mean(x['tok_s'] for x in r['tokens']):,.0f} | {ROWS[key][0]} |")
+    return "\n".join(lines)
+
+
+def main():
+    p = ArgumentParser(description="Ablate the training recipe at equal tokens and equal wall time.")
+    p.add_argument("--data", default=None, help="a UTF-8 text file (default: the embedded corpus)")
+    p.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated, from: {', '.join(ROWS)}")
+    p.add_argument("--seeds", type=number(int, lo=0, hi=2**31 - 1), nargs="+", default=[0, 1])
+    p.add_argument("--steps", type=number(int, lo=1, hi=10**6), default=200,
+                   help="steps of the default recipe; the other rows get as many tokens (default %(default)s)")
+    p.add_argument("--threads", type=number(int, lo=1, hi=1024), default=None)
+    p.add_argument("--json", default="results/ablation.json", help="where the rows go (default %(default)s)")
+    p.add_argument("--from-json", default=None, metavar="PATH", help="print a saved ablation and exit")
+    args = p.parse_args()
+    if args.from_json:
+        try:
+            with open(args.from_json) as f:
+                print(table(json.load(f)))
+        except (OSError, ValueError, KeyError) as e:
+            die(f"cannot read {args.from_json}: {e}")
+        return
+    keys = [k.strip() for k in args.rows.split(",")]
+    unknown = [k for k in keys if k not in ROWS]
+    if unknown or "default" not in keys:
+        die(f"--rows must name rows from {', '.join(ROWS)} and include 'default'; got {args.rows}")
+    keys = ["default"] + [k for k in keys if k != "default"]  # the default first: it sets the budget
+    common = (["--data", args.data] if args.data else []) + (["--threads", str(args.threads)] if args.threads else [])
+    name = os.path.splitext(os.path.basename(args.data))[0] if args.data else "embedded"
+    os.makedirs("runs/ablation", exist_ok=True)
+    defaults = train_tiny.parse_args([])
+    results = {"data": args.data or "embedded corpus", "seeds": args.seeds, "rows": {}}
+    for key in keys:
+        row = results["rows"][key] = {"tokens": [], "time": [], "time_reused": True}
+        for seed in args.seeds:
+            base = results["rows"]["default"]["tokens"][args.seeds.index(seed)] if key != "default" else None
+            out = f"runs/ablation/{name}-{key}-{seed}"
+            flags = common + ["--seed", str(seed)] + ROWS[key][1]
+            flags += ["--steps", str(args.steps * defaults.batch_size // batch_size(ROWS[key][1], defaults))]
+            r = run(flags, out + ".pt", out + ".log")
+            row["tokens"].append(r)
+            if base is None or abs(r["tok_s"] / base["tok_s"] - 1) <= SAME_SPEED:
+                row["time"].append(r)
+            else:  # equal time: the default run's minutes, the schedule running on time
+                row["time_reused"] = False
+                row["time"].append(run(flags + ["--steps", "1000000", "--minutes", f"{base['minutes']:.3f}"],
+                                       out + "-time.pt", out + "-time.log"))
+        print(table(results), file=sys.stderr, flush=True)
+        write_json(args.json, results)
+    print(f"data: {results['data']}; seeds {', '.join(map(str, args.seeds))}")
+    print(table(results))
+
+
+def batch_size(flags, defaults) -> int:
+    """The batch size a row trains with: its own --batch-size, else train_tiny.py's default."""
+    return int(flags[flags.index("--batch-size") + 1]) if "--batch-size" in flags else defaults.batch_size
+
+
+
+if __name__ == "__main__":
+    main()
