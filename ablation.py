@@ -25,7 +25,7 @@ import sys
 
 import train_tiny
 from minidlm.checkpoint import CheckpointError, read
-from minidlm.cli import ArgumentParser, die, number, write_json
+from minidlm.cli import ArgumentParser, die, number, preflight, run_main, write_json
 
 # key: (what it shows, train_tiny.py flags on top of the default recipe)
 FIRST_ROUND = ["--optimizer", "adamw", "--t-min", "0", "--t-max", "1", "--no-plain-ce", "--schedule", "cosine",
@@ -79,7 +79,7 @@ def table(results):
     return "\n".join(lines)
 
 
-def main():
+def build_parser():
     p = ArgumentParser(description="Ablate the training recipe at equal tokens and equal wall time.")
     p.add_argument("--data", default=None, help="a UTF-8 text file (default: the embedded corpus)")
     p.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated, from: {', '.join(ROWS)}")
@@ -89,7 +89,12 @@ def main():
     p.add_argument("--threads", type=number(int, lo=1, hi=1024), default=None)
     p.add_argument("--json", default="results/ablation.json", help="where the rows go (default %(default)s)")
     p.add_argument("--from-json", default=None, metavar="PATH", help="print a saved ablation and exit")
-    args = p.parse_args()
+    return p
+
+
+def main():
+    args = build_parser().parse_args()
+    preflight(outputs=[None if args.from_json else args.json], inputs=[args.data, args.from_json])
     if args.from_json:
         try:
             with open(args.from_json) as f:
@@ -135,4 +140,4 @@ def batch_size(flags, defaults) -> int:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

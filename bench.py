@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from minidlm.checkpoint import CheckpointError, load_model
-from minidlm.cli import ArgumentParser, die, pick_device, positive_int, write_json
+from minidlm.cli import ArgumentParser, die, number, pick_device, positive_int, preflight, run_main, write_json
 from minidlm.data import load_documents
 from minidlm.sampler import SamplerConfig, generate
 
@@ -139,18 +139,23 @@ def train_benchmark(device, seconds: float, json_path=None):
 
 
 
-def main():
+def build_parser():
     p = ArgumentParser(description="Benchmark the sampler's caches or training (prints ratios, not a test).")
     p.add_argument("--checkpoint", default="checkpoints/tiny.pt")
     p.add_argument("--device", default="auto")
     p.add_argument("--quick", action="store_true", help="64 generated tokens, one timed run")
-    p.add_argument("--batch-sizes", type=positive_int, nargs="+", default=[1, 8])
+    p.add_argument("--batch-sizes", type=number(int, 1, 4096), nargs="+", default=[1, 8])
     p.add_argument("--prompt-length", type=positive_int, default=32)
-    p.add_argument("--repeats", type=positive_int, default=3, help="timed runs per row (best is kept)")
+    p.add_argument("--repeats", type=number(int, 1, 1000), default=3, help="timed runs per row (best is kept)")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the rows as JSON here")
     p.add_argument("--train", action="store_true", help="benchmark training steps instead of sampling")
-    p.add_argument("--seconds", type=float, default=10.0, help="--train: seconds of timed steps")
-    args = p.parse_args()
+    p.add_argument("--seconds", type=number(float, 0.1, 3600), default=10.0, help="--train: seconds of timed steps")
+    return p
+
+
+def main():
+    args = build_parser().parse_args()
+    preflight(outputs=[args.json])
     try:
         device = pick_device(args.device)
     except ValueError as e:
@@ -206,4 +211,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -25,7 +25,7 @@ import time
 import torch
 
 from minidlm.checkpoint import CheckpointError, load_model
-from minidlm.cli import ArgumentParser, die, pick_device, positive_int
+from minidlm.cli import SEED, ArgumentParser, die, number, pick_device, positive_int, preflight, run_main
 from minidlm.corpus import CorpusError
 from minidlm.cota import CoTAConfig
 from minidlm.data import load_documents
@@ -160,25 +160,30 @@ def markdown(rows, columns):
     return "\n".join(lines)
 
 
-def main():
+def build_parser():
     p = ArgumentParser(description="Measure the Repeat Curse of feature caches and what CoTA does to it.")
     p.add_argument("--checkpoint", default="checkpoints/tiny.pt")
     p.add_argument("--data", default=None, help="text file the model was trained on (its validation "
                                                 "split gives the prompts; grammar columns are dropped)")
-    p.add_argument("--prompts", type=positive_int, default=100, help="held-out prompts per seed")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="one prompt set per seed")
+    p.add_argument("--prompts", type=number(int, 1, 100000), default=100, help="held-out prompts per seed")
+    p.add_argument("--seeds", type=SEED, nargs="+", default=[0, 1], help="one prompt set per seed")
     p.add_argument("--gen-length", type=positive_int, default=64)
-    p.add_argument("--batch-size", type=positive_int, default=50)
+    p.add_argument("--batch-size", type=number(int, 1, 4096), default=50)
     p.add_argument("--rows", default=None, help="comma-separated substrings: run only matching rows")
     p.add_argument("--json", default="results/repeat_study.json", help="where to write the JSON rows")
     p.add_argument("--device", default="auto")
-    p.add_argument("--flow-prompts", type=int, default=30,
+    p.add_argument("--flow-prompts", type=number(int, 0, 100000), default=30,
                    help="prompts for the information-flow view (0 skips it)")
     p.add_argument("--plot", default=None, metavar="DIR", help="write the information-flow figure here")
     p.add_argument("--sweep", action="store_true",
                    help="instead of the main rows: CoTA at other strengths (tau, gamma, lambda, w)")
     p.add_argument("--quick", action="store_true", help="32 prompts, seed 0 only")
-    args = p.parse_args()
+    return p
+
+
+def main():
+    args = build_parser().parse_args()
+    preflight(outputs=[args.json], folders=[args.plot], inputs=[args.data])
     if args.quick:
         args.prompts, args.seeds, args.flow_prompts = 32, [0], min(args.flow_prompts, 16)
     if args.plot:
@@ -240,4 +245,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

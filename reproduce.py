@@ -26,7 +26,7 @@ import time
 import torch
 
 from minidlm.checkpoint import CheckpointError, atomic_save, read
-from minidlm.cli import ArgumentParser, die
+from minidlm.cli import ArgumentParser, die, preflight, run_main
 
 PY = sys.executable
 SHIPPED = ["checkpoints/tiny.pt", "checkpoints/tiny-sink.pt"]
@@ -161,7 +161,7 @@ def write_report(path, log, started):
     os.replace(tmp, path)
 
 
-def main():
+def build_parser():
     p = ArgumentParser(description="Run every experiment of the README and write results/REPORT.md.")
     p.add_argument("--quick", action="store_true",
                    help="a classroom version in about a minute (results/quick/REPORT.md)")
@@ -169,7 +169,13 @@ def main():
                    help="first retrain the shipped checkpoints with their recorded commands (about an hour)")
     p.add_argument("--seeds", action="store_true",
                    help="retrain and remeasure the 3-seed sink comparison (nine runs, about 70 minutes)")
-    args = p.parse_args()
+    return p
+
+
+def main():
+    args = build_parser().parse_args()
+    out = "results/quick" if args.quick else "results"
+    preflight(outputs=[os.path.join(out, "REPORT.md")], folders=[out if args.quick else "docs"])
     for path in SHIPPED:
         if not os.path.exists(path) and not args.retrain:
             die(f"{path} is missing: restore it with git checkout, or pass --retrain")
@@ -196,4 +202,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

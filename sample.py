@@ -14,7 +14,7 @@ import time
 import torch
 
 from minidlm.checkpoint import CheckpointError, load_model
-from minidlm.cli import ArgumentParser, die, pick_device, positive_int
+from minidlm.cli import SEED, ArgumentParser, die, number, pick_device, positive_int, preflight, run_main
 from minidlm.cota import CoTAConfig
 from minidlm.evaluate import continuation_text, plateau_warning
 from minidlm.sampler import SamplerConfig, generate
@@ -22,23 +22,23 @@ from minidlm.show import DenoisingView
 from minidlm.sinks import SinkProbe, describe, plot
 
 
-def parse_args(argv=None):
+def build_parser():
     p = ArgumentParser(description="Generate text with a masked-diffusion LM (LLaDA sampler).")
     p.add_argument("--checkpoint", default="checkpoints/tiny.pt", help="model file (default %(default)s)")
     p.add_argument("--prompt", action="append", default=None,
                    help="prompt text; repeat the flag for a batch of prompts (default: an empty prompt, "
                         "i.e. the start of a new story)")
-    p.add_argument("--num-samples", type=positive_int, default=1, help="samples per prompt")
+    p.add_argument("--num-samples", type=number(int, 1, 4096), default=1, help="samples per prompt")
     p.add_argument("--gen-length", type=positive_int, default=128, help="tokens to generate")
     p.add_argument("--steps", type=positive_int, default=128, help="denoising steps in total")
     p.add_argument("--block-length", type=positive_int, default=32, help="semi-autoregressive block size")
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--temperature", type=number(float, 0, 1000), default=0.0, help="0 = greedy (default)")
     p.add_argument("--remasking", default="low_confidence", choices=["low_confidence", "random"])
     p.add_argument("--cache", default="none", choices=["none", "prefix", "dual", "feature"],
                    help="reuse work across steps: prefix/dual (Fast-dLLM) or feature (dLLM-Cache)")
     p.add_argument("--cache-kp", type=positive_int, default=25, help="feature cache: prompt refresh interval K_p")
     p.add_argument("--cache-kr", type=positive_int, default=7, help="feature cache: response refresh interval K_r")
-    p.add_argument("--cache-rho", type=float, default=0.25,
+    p.add_argument("--cache-rho", type=number(float, 0, 1), default=0.25,
                    help="feature cache: fraction of response rows refreshed on other steps")
     p.add_argument("--cache-stale-first", action="store_true",
                    help="feature cache (ours, not dLLM-Cache): spend the rho budget first on rows "
@@ -47,10 +47,10 @@ def parse_args(argv=None):
     c.add_argument("--cota", action="store_true", help="CoTA as in the paper: CTAE + CTEV")
     c.add_argument("--ctae", action="store_true", help="only CTAE: distance gain on response attention")
     c.add_argument("--ctev", action="store_true", help="only CTEV: deep-layer entropy penalty on confidence")
-    c.add_argument("--ctae-tau", type=float, default=5.0, help="CTAE width tau in tokens (paper: 5)")
-    c.add_argument("--ctae-gamma", type=float, default=0.5, help="CTAE floor gamma in (0, 1] (paper: 0.5)")
-    c.add_argument("--ctev-lambda", type=float, default=0.75, help="CTEV strength lambda (paper: 0.75)")
-    c.add_argument("--ctev-window", type=int, default=1, help="CTEV context window w: C(i) = i-w..i+w")
+    c.add_argument("--ctae-tau", type=number(float, 0, 1e6, lo_open=True), default=5.0, help="CTAE width tau in tokens (paper: 5)")
+    c.add_argument("--ctae-gamma", type=number(float, 0, 1, lo_open=True), default=0.5, help="CTAE floor gamma in (0, 1] (paper: 0.5)")
+    c.add_argument("--ctev-lambda", type=number(float, 0, 1e6), default=0.75, help="CTEV strength lambda (paper: 0.75)")
+    c.add_argument("--ctev-window", type=number(int, 0, 65536), default=1, help="CTEV context window w: C(i) = i-w..i+w")
     c.add_argument("--ctev-mode", default="self", choices=["self", "context"],
                    help="self: the paper; context: the authors' later variant (only committed "
                         "neighbours count; use with --ctev-window 5 --ctev-lambda 0.25)")
@@ -59,8 +59,8 @@ def parse_args(argv=None):
                    help="CTAR: with --cache feature, also recompute deep-layer rows whose +-w "
                         "neighbourhood gained a committed token (staleness repair); pair it with "
                         "--ctev --ctev-mode context for the authors' later CoTA")
-    v.add_argument("--ctar-window", type=int, default=5, help="CTAR neighbourhood w (default %(default)s)")
-    p.add_argument("--seed", type=int, default=0)
+    v.add_argument("--ctar-window", type=number(int, 0, 65536), default=5, help="CTAR neighbourhood w (default %(default)s)")
+    p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default %(default)s)")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the model forward (none/prefix/dual; worth it on CUDA)")
@@ -70,8 +70,12 @@ def parse_args(argv=None):
     p.add_argument("--plot", metavar="DIR", default=None,
                    help="with --sinks: write the sink trajectory and attention maps (plot extra)")
     p.add_argument("--show", action="store_true", help="animate the denoising on stderr")
-    p.add_argument("--show-delay", type=float, default=0.04, help="seconds per frame with --show")
-    return p.parse_args(argv)
+    p.add_argument("--show-delay", type=number(float, 0, 60), default=0.04, help="seconds per frame with --show")
+    return p
+
+
+def parse_args(argv=None):
+    return build_parser().parse_args(argv)
 
 
 def cota_label(c: CoTAConfig) -> str:
@@ -84,6 +88,7 @@ def cota_label(c: CoTAConfig) -> str:
 
 def main():
     args = parse_args()
+    preflight(folders=[args.plot])
     try:
         device = pick_device(args.device)
         model, tokenizer, meta = load_model(args.checkpoint, device)
@@ -154,4 +159,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

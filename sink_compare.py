@@ -24,7 +24,7 @@ import sys
 import torch
 
 from minidlm.checkpoint import CheckpointError, load_model
-from minidlm.cli import ArgumentParser, die, pick_device, positive_int
+from minidlm.cli import ArgumentParser, die, number, pick_device, positive_int, preflight, run_main
 from minidlm.data import fixed_windows, load_documents, token_stream
 from minidlm.diffusion import evaluate_nelbo
 from minidlm.evaluate import held_out_prompts, sample_grammatical_rate
@@ -150,20 +150,25 @@ def cell(row, m):
     return value + (f" +- {100 * sd if pct else sd:.{1 if pct else 3}f}" if sd is not None else "")
 
 
-def main():
+def build_parser():
     p = ArgumentParser(description="Compare a baseline and a [SINK] model (arXiv 2601.19657).")
     p.add_argument("--arm", action="append", default=None, metavar="NAME=PATH[,PATH...]",
                    help="an arm and its checkpoints, one per seed (default: the shipped tiny.pt "
                         "and tiny-sink.pt)")
     p.add_argument("--from-json", default=None, metavar="PATH",
                    help="print (and plot) a comparison saved earlier with --json; measures nothing")
-    p.add_argument("--prompts", type=positive_int, default=16, help="held-out prompts for samples and probe")
-    p.add_argument("--windows", type=positive_int, default=32, help="validation windows for the NELBO")
-    p.add_argument("--mc", type=positive_int, default=8, help="Monte-Carlo samples per window")
+    p.add_argument("--prompts", type=number(int, 1, 100000), default=16, help="held-out prompts for samples and probe")
+    p.add_argument("--windows", type=number(int, 1, 100000), default=32, help="validation windows for the NELBO")
+    p.add_argument("--mc", type=number(int, 1, 1024), default=8, help="Monte-Carlo samples per window")
     p.add_argument("--json", default="results/sink_compare.json", help="where to write the rows")
     p.add_argument("--plot", default=None, metavar="DIR", help="write sink_emergence.png here (plot extra)")
     p.add_argument("--device", default="auto")
-    args = p.parse_args()
+    return p
+
+
+def main():
+    args = build_parser().parse_args()
+    preflight(outputs=[args.json], folders=[args.plot], inputs=[args.from_json])
     if args.plot:
         try:
             import matplotlib  # noqa: F401
@@ -228,4 +233,4 @@ def measure_arms(args):
 
 if __name__ == "__main__":
     with torch.no_grad():
-        main()
+        run_main(main)

@@ -3,7 +3,9 @@ import argparse
 import json
 import math
 import os
+import signal
 import sys
+import tempfile
 
 import torch
 
@@ -64,10 +66,98 @@ def number(kind=float, lo=None, hi=None, lo_open=False, hi_open=False):
 
 
 positive_int = number(int, lo=1, hi=10**9)
+SEED = number(int, lo=0, hi=2**63 - 1)  # what torch.Generator.manual_seed takes
 
 
 def write_json(path: str, obj):
-    """Write `obj` as indented JSON, creating the folder if needed."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(obj, f, indent=1)
+    """Write `obj` as indented JSON, creating the folder if needed; atomically (a temporary file
+    renamed over the target), so an interrupted run never leaves half a file."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".json")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=1)
+        os.replace(tmp, path)
+    except BaseException:
+        os.remove(tmp)
+        raise
+
+
+def check_writable(path: str):
+    """None if a file can be written at `path`, else one sentence why not. Tries it: creates the
+    missing folders and a scratch file there, then removes both again."""
+    if os.path.isdir(path):
+        return f"{path} is a folder; give a file name"
+    folder = os.path.dirname(os.path.abspath(path))
+    missing = []
+    probe = folder
+    while not os.path.exists(probe):
+        missing.append(probe)
+        probe = os.path.dirname(probe)
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd, scratch = tempfile.mkstemp(dir=folder, prefix=".write-test-")
+        os.close(fd)
+        os.remove(scratch)
+    except OSError as e:
+        return f"cannot write {path}: {e.strerror or e}"
+    finally:
+        for made in missing:  # deepest first
+            if os.path.isdir(made):
+                os.rmdir(made)
+    return None
+
+
+def check_readable_file(path: str, what: str = "file"):
+    """None if `path` is a regular file we can read, else one sentence why not."""
+    if not os.path.exists(path):
+        return f"{what} not found: {path}"
+    if not os.path.isfile(path):
+        return f"{what} {path} is not a regular file"
+    try:
+        with open(path, "rb") as f:
+            f.read(1)
+    except OSError as e:
+        return f"cannot read {what} {path}: {e.strerror or e}"
+    return None
+
+
+class GracefulStop:
+    """A context in which the first Ctrl-C (SIGINT) or SIGTERM only sets `requested`, so a loop can
+    finish its step and save; a second Ctrl-C interrupts at once (KeyboardInterrupt)."""
+
+    def __enter__(self):
+        self.requested = False
+        self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc):
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+        return False
+
+
+def run_main(main):
+    """Run a script's main(): Ctrl-C ends it with one line and exit code 130, no traceback."""
+    try:
+        main()
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+def preflight(outputs=(), folders=(), inputs=()):
+    """End with one line (exit 2) unless every output file and folder could be written and every
+    input file read; called before any long work. None entries (unused options) are skipped."""
+    problems = ([check_writable(p) for p in outputs if p]
+                + [check_writable(os.path.join(f, "figure.png")) for f in folders if f]
+                + [check_readable_file(p) for p in inputs if p])
+    problem = next((p for p in problems if p), None)
+    if problem:
+        die(problem)

@@ -44,12 +44,16 @@ def nelbo_loss(model, x0, mask_id, generator=None):
     return train_loss(model, x0, mask_id, generator)
 
 
-def train_loss(model, x0, mask_id, generator=None, t_min=0.0, t_max=1.0, weight_by_p=True, eps=EPS):
+def train_loss(model, x0, mask_id, generator=None, t_min=0.0, t_max=1.0, weight_by_p=True, eps=EPS,
+               rows=slice(None)):
     """Masked cross-entropy summed over masked positions, divided by all B * L tokens.
 
     With the defaults this is the NELBO. A narrower t range or weight_by_p=False (plain masked CE,
-    no 1/p) trains on what the model can learn from soonest, and is no longer the bound."""
+    no 1/p) trains on what the model can learn from soonest, and is no longer the bound.
+    rows: the rows of x0 this process trains on (distributed.py); the masks are drawn for the
+    whole batch, so every process draws the same ones."""
     xt, masked, p = forward_process(x0, mask_id, generator, eps=eps, t_min=t_min, t_max=t_max)
+    x0, xt, masked, p = x0[rows], xt[rows], masked[rows], p[rows]
     logits = model(xt)
     ce = F.cross_entropy(logits.flatten(0, 1).float(), x0.flatten(), reduction="none").view_as(x0)
     return (ce * masked / (p if weight_by_p else 1.0)).sum() / x0.numel()

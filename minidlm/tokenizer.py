@@ -36,6 +36,7 @@ EOT = "<|endoftext|>"
 MASK = "<|mask|>"
 SINK = "<|sink|>"
 SPECIAL_TOKENS = (EOT, MASK, SINK)
+MIN_VOCAB = 256 + len(SPECIAL_TOKENS) + 1  # every byte, the specials and at least one merge
 SPECIAL_DISPLAY = {EOT: "[EOT]", MASK: "[MASK]", SINK: "[SINK]"}
 STATE_FORMAT, STATE_VERSION = "minidlm-bpe", 1
 # Made visible by token_str; other non-printable characters are shown as Python escapes.
@@ -145,9 +146,8 @@ class Tokenizer:
     @classmethod
     def train(cls, texts: Iterable[str], vocab_size: int = 1024, pat_str: str = GPT2_PATTERN) -> "Tokenizer":
         """Train on `texts`; vocab_size counts the 3 specials, so merges = vocab_size - 259."""
-        min_size = 256 + len(SPECIAL_TOKENS) + 1
-        if vocab_size < min_size:
-            raise ValueError(f"vocab_size must be >= {min_size} (256 bytes + 3 specials + 1 merge), got {vocab_size}")
+        if vocab_size < MIN_VOCAB:
+            raise ValueError(f"vocab_size must be >= {MIN_VOCAB} (256 bytes + 3 specials + 1 merge), got {vocab_size}")
         return cls(train_bpe(texts, vocab_size - len(SPECIAL_TOKENS), pat_str), pat_str)
 
     def encode(self, text: str) -> list[int]:

@@ -1,0 +1,76 @@
+"""Every numeric flag of every script: a finite in-range value, or one clear line and exit code 2."""
+import argparse
+import contextlib
+import importlib
+import io
+import math
+import os
+import sys
+
+import pytest
+from hypothesis import given, strategies as st
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SCRIPTS = ["train_tiny", "sample", "repeat_study", "sink_compare", "bench", "reproduce", "ablation"]
+PARSERS = {name: importlib.import_module(name).build_parser for name in SCRIPTS}
+
+
+def numeric_options(parser):
+    """(flag, type) of every option whose value is a number."""
+    return [(a.option_strings[-1], a.type) for a in parser._actions
+            if a.option_strings and a.type is not None and a.type not in (str,)]
+
+
+NUMERIC = [(script, flag) for script, build in PARSERS.items() for flag, _ in numeric_options(build())]
+
+numbers_as_text = st.one_of(
+    st.sampled_from(["nan", "NaN", "inf", "-inf", "+inf", "1e309", "-1e309", "0", "-0", "-1", "1e18",
+                     "99999999999999999999", "0.5", "1.5", "", " ", "abc", "1e-320", "0x10", "1_000"]),
+    st.integers(-10**20, 10**20).map(str),
+    st.floats(allow_nan=True, allow_infinity=True).map(repr),
+)
+
+
+def test_every_numeric_flag_goes_through_the_checked_number_type():
+    """No raw int/float: those accept nan, inf and any range."""
+    raw = [(s, f) for s, b in PARSERS.items() for f, t in numeric_options(b()) if t in (int, float)]
+    assert not raw and len(NUMERIC) >= 30, raw
+
+
+@pytest.mark.parametrize("script,flag", NUMERIC)
+@given(text=numbers_as_text)
+def test_numeric_flags_take_finite_in_range_values_or_exit_2_with_one_line(script, flag, text):
+    parser = PARSERS[script]()
+    action = next(a for a in parser._actions if flag in a.option_strings)
+    try:
+        value = action.type(text)
+    except argparse.ArgumentTypeError:
+        value = None
+    argv = [f"{flag}={text}"] + (["--sink"] if flag == "--sink-no-rotation" else [])
+    stderr = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(stderr):
+            args = parser.parse_args(argv)
+    except SystemExit as e:
+        err = stderr.getvalue()
+        assert e.code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+        assert value is None  # refused only what the type refuses
+        return
+    parsed = getattr(args, action.dest)
+    parsed = parsed[0] if isinstance(parsed, list) else parsed
+    assert value is not None and math.isfinite(parsed)
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--d-model", "100", "--n-head", "3"], "heads of even size"),
+    (["--d-model", "12", "--n-head", "4"], "heads of even size"),
+    (["--vocab-size", "100"], ">= 260"),
+    (["--t-min", "0.9", "--t-max", "0.1"], "above --t-max"),
+    (["--sink-no-rotation"], "needs --sink"),
+    (["--seq-len", "4"], ">= 8"),
+])
+def test_impossible_model_settings_are_refused_up_front(argv, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        importlib.import_module("train_tiny").parse_args(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and message in err and err.count("\n") == 1, err
