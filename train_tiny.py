@@ -78,8 +78,8 @@ def build_parser():
     s.add_argument("--batch-size", type=number(int, 1, 65536), default=8)
     s.add_argument("--optimizer", choices=["adamw", "muon"], default="muon",
                    help="muon: Muon on the blocks' matrices, AdamW on the rest (default %(default)s)")
-    s.add_argument("--lr", type=number(float, 0, 10, lo_open=True), default=6e-3, help="peak AdamW learning rate")
-    s.add_argument("--muon-lr", type=number(float, 0, 10, lo_open=True), default=0.04, help="peak Muon learning rate")
+    s.add_argument("--lr", type=number(float, 0, 1000, lo_open=True), default=6e-3, help="peak AdamW learning rate")
+    s.add_argument("--muon-lr", type=number(float, 0, 1000, lo_open=True), default=0.04, help="peak Muon learning rate")
     s.add_argument("--weight-decay", type=number(float, 0, 10), default=0.1)
     s.add_argument("--warmup", type=number(int, 0, 10**9), default=0, help="linear warm-up steps")
     s.add_argument("--schedule", choices=["cosine", "wsd"], default="wsd")

@@ -88,8 +88,9 @@ def evaluate_nelbo(model, windows, mask_id, n_mc=16, batch_size=32, seed=0):
 def describe_nelbo(nats: float, se: float) -> str:
     """One line: bits per token and the perplexity bound, each with its standard error."""
     bits, bits_se = nats / math.log(2), se / math.log(2)
+    ppl = math.exp(nats) if nats < 700 else float("inf")  # a diverged model must not crash the log
     return (f"val NELBO {bits:.3f} +- {bits_se:.3f} bits/token "
-            f"(perplexity <= {math.exp(nats):.2f} +- {math.exp(nats) * se:.2f})")
+            f"(perplexity <= {ppl:.2f} +- {ppl * se:.2f})")
 
 
 def unigram_entropy_bits(windows, vocab_size: int) -> float:
