@@ -24,7 +24,7 @@ import subprocess
 import sys
 
 import train_tiny
-from minidlm.checkpoint import CheckpointError, read
+from minidlm.checkpoint import read
 from minidlm.cli import ArgumentParser, die, number, preflight, run_main, write_json
 
 # key: (what it shows, train_tiny.py flags on top of the default recipe)

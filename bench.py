@@ -18,14 +18,14 @@ cache's V projection of every response row for its similarity test, gathers and 
 achieved / ideal says how much of the saved work turned into saved time. `agree` is the share
 of generated tokens equal to the uncached sampler's.
 """
-import os
 import time
 
 import torch
 import torch.nn.functional as F
 
 from minidlm.checkpoint import CheckpointError, load_model
-from minidlm.cli import ArgumentParser, die, number, pick_device, positive_int, preflight, run_main, write_json
+from minidlm.cli import (ArgumentParser, die, number, pick_device, positive_int, preflight,
+                         run_main, write_json)
 from minidlm.data import load_documents
 from minidlm.sampler import SamplerConfig, generate
 

@@ -16,16 +16,14 @@ feature cache + CoTA: logit-lens entropy by layer at the step each position is c
 deep-layer attention mass within +-5 positions, for repeated vs normal positions. `--plot DIR`
 (plot extra) draws the entropy curves.
 """
-import json
 import os
 import random
 import sys
 import time
 
-import torch
-
 from minidlm.checkpoint import CheckpointError, load_model
-from minidlm.cli import SEED, ArgumentParser, die, number, pick_device, positive_int, preflight, run_main
+from minidlm.cli import (SEED, ArgumentParser, die, number, pick_device, positive_int, preflight,
+                         run_main, save_figure, write_json)
 from minidlm.corpus import CorpusError
 from minidlm.cota import CoTAConfig
 from minidlm.data import load_documents
@@ -145,7 +143,7 @@ def plot_flow(flow, path):
     ax.set_title("Entropy at the commit step: repeated vs normal positions")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, dpi=120)
 
 
 def markdown(rows, columns):
@@ -233,14 +231,11 @@ def main():
             plot_flow(flow, os.path.join(args.plot, "infoflow_entropy.png"))
             print(f"wrote {os.path.join(args.plot, 'infoflow_entropy.png')}", file=sys.stderr)
     if args.json:
-        os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=1)
+        write_json(args.json, results)
         print(f"wrote {args.json}", file=sys.stderr)
         if flow:
             flow_path = os.path.splitext(args.json)[0] + "_infoflow.json"
-            with open(flow_path, "w") as f:
-                json.dump(flow, f, indent=1)
+            write_json(flow_path, flow)
             print(f"wrote {flow_path}", file=sys.stderr)
 
 

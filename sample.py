@@ -14,7 +14,8 @@ import time
 import torch
 
 from minidlm.checkpoint import CheckpointError, load_model
-from minidlm.cli import SEED, ArgumentParser, die, number, pick_device, positive_int, preflight, run_main
+from minidlm.cli import (SEED, ArgumentParser, die, number, pick_device, positive_int, preflight,
+                         run_main)
 from minidlm.cota import CoTAConfig
 from minidlm.evaluate import continuation_text, plateau_warning
 from minidlm.sampler import SamplerConfig, generate

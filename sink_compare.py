@@ -24,7 +24,8 @@ import sys
 import torch
 
 from minidlm.checkpoint import CheckpointError, load_model
-from minidlm.cli import ArgumentParser, die, number, pick_device, positive_int, preflight, run_main
+from minidlm.cli import (ArgumentParser, die, number, pick_device, preflight, run_main, save_figure,
+                         write_json)
 from minidlm.data import fixed_windows, load_documents, token_stream
 from minidlm.diffusion import evaluate_nelbo
 from minidlm.evaluate import held_out_prompts, sample_grammatical_rate
@@ -136,7 +137,7 @@ def plot_curves(rows, folder):
     fig.suptitle("Sink emergence during training (validation windows, half masked)", fontsize=10)
     fig.tight_layout()
     path = os.path.join(folder, "sink_emergence.png")
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, dpi=120)
     plt.close(fig)
     return path
 
@@ -200,9 +201,7 @@ def main():
         if args.plot:
             print(f"wrote {plot_curves(rows, args.plot)}", file=sys.stderr)
     if args.json and not args.from_json:
-        os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(rows, f, indent=1)
+        write_json(args.json, rows)
         print(f"wrote {args.json}", file=sys.stderr)
 
 

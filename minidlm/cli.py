@@ -161,3 +161,17 @@ def preflight(outputs=(), folders=(), inputs=()):
     problem = next((p for p in problems if p), None)
     if problem:
         die(problem)
+
+
+def save_figure(fig, path: str, dpi: int = 120):
+    """fig.savefig, atomically: an interrupted run never leaves half a PNG."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.splitext(path)[1])
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=dpi)
+        os.replace(tmp, path)
+    except BaseException:
+        os.remove(tmp)
+        raise

@@ -21,6 +21,8 @@ from collections import Counter
 
 import torch
 
+from .cli import save_figure
+
 KINDS = ("mask", "punct/space", "prompt", "committed")
 
 
@@ -169,7 +171,7 @@ def plot(probe: SinkProbe, folder: str, prompt_len: int) -> list:
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     paths = [os.path.join(folder, "sink_trajectory.png")]
-    fig.savefig(paths[0], dpi=120)
+    save_figure(fig, paths[0], dpi=120)
     plt.close(fig)
     if probe.snapshots:
         steps = sorted(probe.snapshots)
@@ -185,7 +187,7 @@ def plot(probe: SinkProbe, folder: str, prompt_len: int) -> list:
                 axes[r][c].set_ylabel("query", fontsize=7)
         fig.tight_layout()
         paths.append(os.path.join(folder, "attention_maps.png"))
-        fig.savefig(paths[-1], dpi=110)
+        save_figure(fig, paths[-1], dpi=110)
         plt.close(fig)
     return paths
 
