@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from minidlm.checkpoint import CheckpointError, load_model, save_model
+from minidlm.evaluate import plateau_warning
 from minidlm.model import DiffusionLM, ModelConfig
 from minidlm.tokenizer import Tokenizer
 
@@ -173,3 +174,55 @@ def test_retrain_reruns_the_recorded_command_and_swaps_the_result_in(tmp_path, m
     after = read(str(path))
     assert after["meta"]["command"] == before["meta"]["command"]
     assert all(torch.equal(before["model"][k], after["model"][k]) for k in before["model"])
+
+
+def test_plateau_warning_says_when_a_model_learned_only_word_frequencies():
+    plateau = {"unigram_bits_per_token": 8.66, "metrics": {"val_bits_per_token": 8.68}}
+    learned = {"unigram_bits_per_token": 8.66, "metrics": {"val_bits_per_token": 6.9}}
+    in_training = {"unigram_bits_per_token": 8.66, "evals": [{"bits": 8.5}]}  # saved mid-run
+    assert "has not learned" in plateau_warning(plateau) and "8.68" in plateau_warning(plateau)
+    assert plateau_warning(learned) is None and plateau_warning({}) is None  # old checkpoints: silent
+    assert "has not learned" in plateau_warning(in_training)
+
+
+def test_sample_warns_on_stderr_for_a_model_on_the_plateau(tmp_path):
+    path = tmp_path / "plateau.pt"
+    tok = Tokenizer.train([TEXT], vocab_size=300)
+    model = DiffusionLM(ModelConfig(vocab_size=tok.vocab_size, n_layer=1, n_head=2, d_model=16, max_seq_len=48))
+    save_model(str(path), model, tok, {"command": "test", "unigram_bits_per_token": 5.0,
+                                       "metrics": {"val_bits_per_token": 5.1}})
+    r = run("sample.py", "--checkpoint", str(path), "--gen-length", "16", "--block-length", "8", "--steps", "16")
+    assert r.returncode == 0 and "has not learned to use context" in r.stderr and "warning" not in r.stdout
+
+
+def test_ctrl_c_saves_the_current_step_and_prints_the_resume_command(tmp_path):
+    import signal
+    data, out = tmp_path / "data.txt", tmp_path / "m.pt"
+    data.write_text(TEXT)
+    argv = [sys.executable, os.path.join(ROOT, "train_tiny.py"), "--data", str(data), "--out", str(out),
+            "--steps", "100000", "--eval-interval", "100000", *TINY]
+    proc = subprocess.Popen(argv, cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    for line in proc.stderr:  # wait until training has taken steps
+        if line.startswith("step 25 "):
+            break
+    proc.send_signal(signal.SIGINT)
+    rest = proc.stderr.read()
+    assert proc.wait(timeout=60) == 130 and "Traceback" not in rest, rest
+    last = rest.strip().splitlines()[-1]
+    assert last.startswith("interrupted at step") and last.endswith("--resume"), last
+    step = int(last.split()[3].rstrip(":"))
+    assert step >= 25 and load_model(str(out))[2]["step"] == step  # nothing since the last save lost
+    resume = last.split("continue with: ")[1].split()[1:]  # drop "python"
+    resume[resume.index("--steps") + 1] = str(step + 2)
+    r = subprocess.run([sys.executable, *resume], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and f"resuming {out} at step {step}" in r.stderr, r.stderr
+    assert load_model(str(out))[2]["step"] == step + 2
+
+
+def test_unwritable_out_is_refused_before_any_work(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    r = run("train_tiny.py", "--out", str(blocker / "sub" / "m.pt"), *TINY)
+    assert_clean_error(r, "cannot write")
+    assert "data:" not in r.stderr  # refused before loading or tokenising anything
+    assert_clean_error(run("train_tiny.py", "--out", str(tmp_path), *TINY), "is a folder")
