@@ -101,7 +101,6 @@ def timed_loop(fn, device, seconds):
 def train_benchmark(device, seconds: float, json_path=None):
     """Optimizer steps of the default train_tiny.py run on random tokens."""
     import train_tiny  # the default model and recipe, from the one place that defines them
-    from minidlm.diffusion import train_loss
     from minidlm.model import DiffusionLM
     from minidlm.optim import build_optimizers
 
@@ -111,16 +110,7 @@ def train_benchmark(device, seconds: float, json_path=None):
     opts = build_optimizers(model, args.optimizer, args.lr, args.muon_lr, args.weight_decay)
     g = torch.Generator(device=device).manual_seed(0)
     x0 = torch.randint(0, args.vocab_size - 1, (args.batch_size, args.seq_len), device=device)
-
-    def step():
-        loss = train_loss(model, x0, args.vocab_size - 1, g, t_min=args.t_min, t_max=args.t_max,
-                          weight_by_p=not args.plain_ce)
-        for opt in opts:
-            opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        for opt in opts:
-            opt.step()
+    step = lambda: train_tiny.train_step(model, opts, x0, args.vocab_size - 1, g, args)
 
     per_step = timed_loop(step, device, seconds)
     tokens = args.batch_size * args.seq_len

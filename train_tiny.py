@@ -121,6 +121,20 @@ def model_config(args, vocab_size: int) -> ModelConfig:
                        zero_init=args.zero_init)
 
 
+def train_step(model, opts, x0, mask_id, generator, args, rows=slice(None), autocast=nullcontext()):
+    """One optimizer step of the recipe on this process's rows of x0; returns their loss."""
+    with autocast:
+        loss = train_loss(model, x0, mask_id, generator, t_min=args.t_min, t_max=args.t_max,
+                          weight_by_p=not args.plain_ce, rows=rows)
+    for opt in opts:
+        opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    for opt in opts:
+        opt.step()
+    return loss
+
+
 def progress_line(step, progress, loss, tok_per_s, seconds):
     eta = seconds * (1 - progress) / max(progress, 1e-9)
     return (f"step {step} ({progress:.0%}) | loss {loss:.3f} | {tok_per_s / 1000:.1f}k tok/s | "
@@ -266,19 +280,12 @@ def main():
             tick = time.time()
             set_lr(opts, lr_factor(progress(), step, args.warmup, args.schedule, args.cooldown))
             x0 = random_windows(train_stream, args.batch_size, args.seq_len, batch_gen).to(device)
-            with autocast:
-                loss = train_loss(trained, x0, tokenizer.mask_id, mask_gen, t_min=args.t_min, t_max=args.t_max,
-                                  weight_by_p=not args.plain_ce, rows=ranks.rows(args.batch_size))
+            loss = train_step(trained, opts, x0, tokenizer.mask_id, mask_gen, args,
+                              ranks.rows(args.batch_size), autocast)
             loss_value = ranks.mean(loss).item()
             if not math.isfinite(loss_value):
                 die(f"loss became {loss_value} at step {step}; stopping. The last good checkpoint "
                     f"({args.out}, step saved there) is intact. Try a lower --lr.", code=1)
-            for opt in opts:
-                opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            for opt in opts:
-                opt.step()
             step += 1
             losses.append(loss_value)
             stopping, train_seconds = ranks.agree(float(stop.requested), train_seconds + time.time() - tick)
