@@ -28,9 +28,11 @@ from minidlm.checkpoint import read
 from minidlm.cli import ArgumentParser, die, number, preflight, run_main, write_json
 
 # key: (what it shows, train_tiny.py flags on top of the default recipe)
-FIRST_ROUND = ["--optimizer", "adamw", "--t-min", "0", "--t-max", "1", "--no-plain-ce", "--schedule", "cosine",
-               "--warmup", "100", "--batch-size", "16", "--no-qk-norm", "--no-relu2", "--no-zero-init",
-               "--no-unigram-bias"]
+# the first round: AdamW 2e-3 with a linear warm-up over the first 1/8 of the run (100 of its 800
+# steps; WARMUP is replaced by 1/8 of each run's steps), cosine decay, batch 16, GELU, t ~ U[0, 1]
+FIRST_ROUND = ["--optimizer", "adamw", "--lr", "2e-3", "--t-min", "0", "--t-max", "1", "--no-plain-ce",
+               "--schedule", "cosine", "--warmup", "WARMUP", "--batch-size", "16", "--no-qk-norm", "--no-relu2",
+               "--no-zero-init", "--no-unigram-bias"]
 ROWS = {
     "first-round": ("the first round's recipe (AdamW, t ~ U[0, 1], 1/p, cosine, batch 16, GELU)", FIRST_ROUND),
     "muon": ("first round + Muon on the blocks' matrices", FIRST_ROUND + ["--optimizer", "muon"]),
@@ -43,12 +45,18 @@ SAME_SPEED = 0.03
 
 
 def run(flags, out, log):
+    """Train (or reuse a finished run of exactly this command at `out`) and return its metrics."""
     command = [sys.executable, "train_tiny.py", "--out", out, "--force", "--curve-every", "100000", *flags]
-    print("$ " + " ".join(shlex.quote(a) for a in command[1:]), file=sys.stderr, flush=True)
-    with open(log, "w") as f:
-        result = subprocess.run(command, stderr=f, stdout=f)
-    if result.returncode != 0:
-        die(f"training failed (exit {result.returncode}); see {log}", code=1)
+    shown = "python " + " ".join(shlex.quote(a) for a in command[1:])  # as train_tiny records it
+    done = os.path.exists(out) and read(out)["meta"]
+    if done and done.get("command") == shown and done.get("metrics"):
+        print(f"reusing {out}", file=sys.stderr, flush=True)
+    else:
+        print("$ " + shown, file=sys.stderr, flush=True)
+        with open(log, "w") as f:
+            result = subprocess.run(command, stderr=f, stdout=f)
+        if result.returncode != 0:
+            die(f"training failed (exit {result.returncode}); see {log}", code=1)
     meta = read(out)["meta"]
     m = meta["metrics"]
     return {"bits": m["val_bits_per_token"], "se_bits": m["val_nelbo_se"] / 0.6931471805599453,
@@ -117,8 +125,9 @@ def main():
         for seed in args.seeds:
             base = results["rows"]["default"]["tokens"][args.seeds.index(seed)] if key != "default" else None
             out = f"runs/ablation/{name}-{key}-{seed}"
-            flags = common + ["--seed", str(seed)] + ROWS[key][1]
-            flags += ["--steps", str(args.steps * defaults.batch_size // batch_size(ROWS[key][1], defaults))]
+            steps = args.steps * defaults.batch_size // batch_size(ROWS[key][1], defaults)
+            flags = common + ["--seed", str(seed), "--steps", str(steps)]
+            flags += [str(max(1, steps // 8)) if f == "WARMUP" else f for f in ROWS[key][1]]
             r = run(flags, out + ".pt", out + ".log")
             row["tokens"].append(r)
             if base is None or abs(r["tok_s"] / base["tok_s"] - 1) <= SAME_SPEED:
