@@ -121,6 +121,34 @@ def model_config(args, vocab_size: int) -> ModelConfig:
                        zero_init=args.zero_init)
 
 
+def preflight_paths(args):
+    """Before any work: --out may be written (tried, then cleaned up), inputs exist and are files."""
+    if os.path.exists(args.out) and not (args.resume or args.force) and not os.path.isdir(args.out):
+        die(f"{args.out} exists: pass --resume to continue it or --force to overwrite it")
+    problem = (check_writable(args.out) or check_writable(state_path(args.out))
+               or (args.data and check_readable_file(args.data, "--data file"))
+               or (args.resume and check_readable_file(state_path(args.out), "training state to resume")))
+    if problem:
+        die(problem)
+
+
+def resume_state(args) -> dict:
+    """The saved training state of --out, if this run's settings match the saved run's."""
+    try:
+        state = read(state_path(args.out))
+    except CheckpointError as e:
+        die(f"cannot resume: {e}")
+    saved = state.get("args", {})
+    for key in RESUME_MUST_MATCH:
+        if key not in saved:
+            die(f"cannot resume: {state_path(args.out)} was saved by an older train_tiny.py "
+                f"(it has no --{key.replace('_', '-')}); start a new run")
+        if saved[key] != getattr(args, key):
+            die(f"cannot resume: --{key.replace('_', '-')} {getattr(args, key)} differs from the "
+                f"saved run's {saved[key]}")
+    return state
+
+
 def train_step(model, opts, x0, mask_id, generator, args, rows=slice(None), autocast=nullcontext()):
     """One optimizer step of the recipe on this process's rows of x0; returns their loss."""
     with autocast:
@@ -154,30 +182,10 @@ def main():
     if args.batch_size % ranks.world:
         die(f"--batch-size {args.batch_size} is the global batch: it must split evenly over "
             f"{ranks.world} processes")
-    if ranks.main:  # pre-flight: everything the run will write or read, before any work
-        if os.path.exists(args.out) and not (args.resume or args.force) and not os.path.isdir(args.out):
-            die(f"{args.out} exists: pass --resume to continue it or --force to overwrite it")
-        problem = (check_writable(args.out) or check_writable(state_path(args.out))
-                   or (args.data and check_readable_file(args.data, "--data file"))
-                   or (args.resume and check_readable_file(state_path(args.out), "training state to resume")))
-        if problem:
-            die(problem)
+    if ranks.main:
+        preflight_paths(args)
     ranks.start(device)
-
-    state = None
-    if args.resume:
-        try:
-            state = read(state_path(args.out))
-        except CheckpointError as e:
-            die(f"cannot resume: {e}")
-        saved = state.get("args", {})
-        for key in RESUME_MUST_MATCH:
-            if key not in saved:
-                die(f"cannot resume: {state_path(args.out)} was saved by an older train_tiny.py "
-                    f"(it has no --{key.replace('_', '-')}); start a new run")
-            if saved[key] != getattr(args, key):
-                die(f"cannot resume: --{key.replace('_', '-')} {getattr(args, key)} differs from the "
-                    f"saved run's {saved[key]}")
+    state = resume_state(args) if args.resume else None
 
     t0 = time.time()
     try:
