@@ -1,7 +1,7 @@
 """Every table and figure of the README, from the shipped checkpoints, in one command.
 
     python reproduce.py             # 10-20 minutes on a 2-core laptop CPU -> results/REPORT.md
-    python reproduce.py --quick     # the classroom version, about a minute -> results/quick/REPORT.md
+    python reproduce.py --quick     # the classroom version, a few minutes -> results/quick/REPORT.md
     python reproduce.py --retrain   # first retrain the shipped models with their recorded commands
     python reproduce.py --seeds     # also retrain the 3-seed sink comparison (about 70 minutes)
 
@@ -183,7 +183,7 @@ def write_report(path, log, started):
 def build_parser():
     p = ArgumentParser(description="Run every experiment of the README and write results/REPORT.md.")
     p.add_argument("--quick", action="store_true",
-                   help="a classroom version in about a minute (results/quick/REPORT.md)")
+                   help="a classroom version in a few minutes (results/quick/REPORT.md)")
     p.add_argument("--retrain", action="store_true",
                    help="first retrain the shipped checkpoints with their recorded commands (about an hour)")
     p.add_argument("--seeds", action="store_true",
