@@ -3,7 +3,11 @@
 A masked-diffusion LM is a BERT-shaped network trained with a diffusion objective (see
 diffusion.py). Notable choices, after LLaDA (arXiv 2502.09992) and nanochat:
 - bidirectional attention (no causal mask), no timestep input, no biases;
-- pre-norm RMSNorm, rotary position embeddings (RoPE), a SwiGLU-free plain GELU MLP;
+- pre-norm RMSNorm, rotary position embeddings (RoPE), a plain MLP (GELU, or ReLU^2);
+- options train_tiny.py turns on by default (modded-nanogpt's speedrun levers, docs/training.md):
+  QK-norm (queries and keys RMS-normalised per head before RoPE), ReLU^2, residual projections
+  initialised at zero, and a bias on the output logits (started at the log unigram frequencies);
+  the defaults here are the first round's architecture, so its checkpoints load unchanged;
 - `sink=True` adds ONE extra [SINK] token ("One Token Is Enough", arXiv 2601.19657): it is
   prepended at RoPE position 0 with its own learned embedding, its row attends only to itself,
   every row may attend to it, and its output is sliced off before the final norm and head. It is
