@@ -17,6 +17,7 @@ unigram entropy of the validation text, the grammatical rate (embedded corpus on
 Runs go to runs/ablation/; JSON rows to --json.
 """
 import json
+import math
 import os
 import shlex
 import statistics
@@ -59,7 +60,7 @@ def run(flags, out, log):
             die(f"training failed (exit {result.returncode}); see {log}", code=1)
     meta = read(out)["meta"]
     m = meta["metrics"]
-    return {"bits": m["val_bits_per_token"], "se_bits": m["val_nelbo_se"] / 0.6931471805599453,
+    return {"bits": m["val_bits_per_token"], "se_bits": m["val_nelbo_se"] / math.log(2),
             "unigram_bits": m["unigram_bits_per_token"], "grammatical": m.get("grammatical_rate"),
             "tokens": m["tokens_seen"], "minutes": m["train_minutes"],
             "tok_s": m["tokens_seen"] / (60 * m["train_minutes"]), "command": meta["command"]}
