@@ -142,3 +142,39 @@ def test_observing_changes_no_token_and_sees_whole_attention_rows(prompts, sink,
                     on_step=lambda s, x, c: row_sums.append(torch.stack([a.sum(-1) for a in c.attention])))
     assert torch.equal(seen, run(prompts, sink, **kw)[0])
     assert all(torch.allclose(r, torch.ones(()).double()) for r in row_sums)
+
+
+def test_a_partial_step_with_nothing_to_refresh_reuses_both_cached_outputs():
+    """rho = 0: a partial step recomputes no row; on an unchanged canvas it must reproduce the
+    logits of the full refresh exactly (the reused attention AND FFN outputs both go back in)."""
+    from minidlm.cache import FeatureCache
+    for model in (MODELS[False], MODELS[True]):
+        x = torch.full((2, 12), MASK_ID)
+        x[:, :3] = torch.tensor([[1, 2, 3], [4, 5, 6]])
+        cfg = SamplerConfig(gen_length=9, block_length=9, steps=9, cache="feature", cache_kp=99,
+                            cache_kr=99, cache_rho=0.0)
+        cache = FeatureCache(model, x, torch.arange(12)[None], lambda rows: None, 3, cfg)
+        full = cache.logits(x, 3, 12, True)
+        before = list(cache.rows_computed)
+        partial = cache.logits(x, 3, 12, False)
+        assert cache.rows_computed == before
+        assert torch.equal(full, partial)
+
+
+def test_stale_first_forgets_a_neighbourhood_once_it_is_recomputed():
+    """A neighbourhood counts as stale only while a commit is NEWER than the row's last compute:
+    after the rows around position 6 are refreshed, a commit at 10 makes 9-11 the stale ones."""
+    from minidlm.cache import FeatureCache
+    model = MODELS[False]
+    x = torch.full((1, 14), MASK_ID)
+    x[0, :2] = torch.tensor([1, 2])
+    cfg = SamplerConfig(gen_length=12, block_length=12, steps=12, cache="feature", cache_kp=99,
+                        cache_kr=99, cache_rho=0.25, cache_stale_first=True)
+    cache = FeatureCache(model, x, torch.arange(14)[None], lambda rows: None, 2, cfg)
+    cache.logits(x, 2, 14, True)
+    x[0, 6] = 5
+    cache.logits(x, 2, 14, False)
+    x[0, 10] = 7
+    cache.logits(x, 2, 14, False)
+    for layer in range(model.cfg.n_layer):
+        assert set(torch.nonzero(cache.computed_at[layer][0] == 3).flatten().tolist()) == {9, 10, 11}

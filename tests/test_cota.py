@@ -99,3 +99,34 @@ def test_deep_band_is_the_last_fifth_before_the_final_layer():
     assert CoTAConfig().deep_layers(32) == list(range(25, 31))
     assert CoTAConfig().deep_layers(8) == [5, 6]
     assert CoTAConfig().deep_layers(1) == [0]
+
+
+@given(prompts=prompts_strategy, mode=st.sampled_from(["self", "context"]), cache=CACHE_MODES)
+def test_generate_hands_ctev_the_committed_set_in_context_mode(prompts, mode, cache):
+    """As `generate` calls it: context-mode CTEV gets exactly the committed positions of the
+    canvas at that step (prompt and earlier commits), self mode gets none."""
+    import minidlm.sampler as sampler
+    seen = []
+
+    def spy(model, hidden, lo, hi, window, committed):
+        seen.append((committed.clone() if committed is not None else None, lo, hi))
+        return torch.zeros(hidden[0].shape[0], hi - lo, dtype=hidden[0].dtype)
+
+    frames = []
+    original = sampler.ctev_penalty
+    sampler.ctev_penalty = spy
+    try:
+        cfg = SamplerConfig(gen_length=8, block_length=4, steps=8, **cache,
+                            cota=CoTAConfig(ctev=True, ctev_mode=mode))
+        generate(MODELS[False], prompts, MASK_ID, PAD_ID, cfg,
+                 on_step=lambda s, x, c: frames.append(x.clone()))
+    finally:
+        sampler.ctev_penalty = original
+    assert len(seen) == 8
+    P = max(map(len, prompts))
+    canvases = [torch.cat([frames[0][:, :P], torch.full((len(prompts), 8), MASK_ID)], 1)] + frames[:-1]
+    for (committed, lo, hi), canvas in zip(seen, canvases):  # the canvas BEFORE the step's commit
+        if mode == "self":
+            assert committed is None
+        else:
+            assert torch.equal(committed, canvas != MASK_ID)

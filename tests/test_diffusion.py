@@ -107,3 +107,15 @@ def test_every_window_covers_the_whole_range_of_l():
     evaluate_nelbo(spy, torch.zeros(7, L, dtype=torch.long), MASK_ID, n_mc=L, batch_size=7)
     counts = torch.stack(seen, 1)  # (window, sample)
     assert torch.equal(counts.sort(1).values, torch.arange(1, L + 1).expand(7, L))
+
+
+@given(eps=st.floats(0.01, 0.5), seed=st.integers(0, 99))
+def test_masking_rate_never_falls_below_eps(eps, seed):
+    """p = (1 - eps) t + eps: at t = 0 every row still masks at rate eps, and p never goes lower."""
+    x0 = torch.zeros(64, 512, dtype=torch.long)
+    gen = torch.Generator().manual_seed(seed)
+    _, masked, p = forward_process(x0, MASK_ID, gen, eps=eps, t_min=0.0, t_max=0.0)
+    assert torch.allclose(p, torch.full_like(p, eps))
+    assert abs(masked.float().mean().item() - eps) < 5 * math.sqrt(eps * (1 - eps) / masked.numel())
+    _, _, p = forward_process(x0, MASK_ID, gen, eps=eps)
+    assert (p >= eps).all() and (p <= 1).all()

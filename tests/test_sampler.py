@@ -74,3 +74,105 @@ def test_impossible_settings_are_rejected(kwargs, message):
     cfg = SamplerConfig(**{**dict(gen_length=8, steps=8, block_length=4), **kwargs})
     with pytest.raises(ValueError, match=message):
         generate(MODELS[False], [[1] * 10], MASK_ID, PAD_ID, cfg)
+
+
+def llada_reference_without_mask(model):
+    """bench.py's published LLaDA loop on a model that never predicts [MASK] (our sampler rules
+    [MASK] out as a target; LLaDA's code relies on a trained model never choosing it)."""
+    import bench
+
+    def forward(x):
+        logits = model(x)
+        logits[..., MASK_ID] = float("-inf")
+        return logits
+    return lambda *args: bench.llada_reference(forward, *args)
+
+
+@given(prompt=st.lists(st.integers(0, VOCAB - 4), min_size=1, max_size=8), rows=st.integers(1, 3),
+       blocks=st.sampled_from([1, 2, 4]), sink=st.booleans(), seed=st.integers(0, 99))
+def test_greedy_generate_equals_the_published_llada_loop(prompt, rows, blocks, sink, seed):
+    """Same-length prompts (LLaDA's loop has no padding), greedy, low-confidence remasking."""
+    prompts = [[(t + r * seed) % (VOCAB - 3) for t in prompt] for r in range(rows)]
+    cfg = SamplerConfig(gen_length=8, block_length=8 // blocks, steps=8)
+    ours = generate(MODELS[sink], prompts, MASK_ID, PAD_ID, cfg)
+    reference = llada_reference_without_mask(MODELS[sink])(torch.tensor(prompts), MASK_ID, 8, 8, 8 // blocks)
+    assert torch.equal(ours, reference)
+
+
+@pytest.mark.parametrize("remasking, temperature", [("low_confidence", 1.0), ("random", 0.0)])
+def test_the_seed_matters_where_something_is_random(remasking, temperature):
+    """Sampling at T > 0, or random remasking: one seed gives one answer, different seeds differ."""
+    cfg = SamplerConfig(16, 16, 16, temperature=temperature, remasking=remasking)
+    runs = [generate(MODELS[False], [[1, 2, 3]], MASK_ID, PAD_ID, cfg, seed=s) for s in (0, 0, 1, 2)]
+    assert torch.equal(runs[0], runs[1])
+    assert not torch.equal(runs[0], runs[2]) or not torch.equal(runs[0], runs[3])
+
+
+@given(log2_t=st.integers(-6, 6), seed=st.integers(0, 99))
+def test_temperature_divides_the_logits(log2_t, seed):
+    """x0 at temperature T is x0 at T = 1 of logits / T (T a power of two: the division is exact)."""
+    from minidlm.sampler import choose_tokens
+    logits = torch.randn(3, 5, VOCAB, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    t = 2.0 ** log2_t
+    a = choose_tokens(logits, t, torch.Generator().manual_seed(seed))
+    b = choose_tokens(logits / t, 1.0, torch.Generator().manual_seed(seed))
+    assert torch.equal(a, b)
+
+
+@given(seed=st.integers(0, 99), k=st.integers(1, 3))
+def test_low_confidence_ranks_the_sampled_token_by_its_probability(seed, k):
+    """At T > 0 the confidence is the probability of the token that was SAMPLED, not the argmax's."""
+    from minidlm.sampler import commit
+    gen = torch.Generator().manual_seed(seed)
+    logits = 3 * torch.randn(2, 6, VOCAB, generator=gen, dtype=torch.float64)
+    x = torch.full((2, 6), MASK_ID)
+    x0, scores = commit(x, logits.clone(), x == MASK_ID, k, SamplerConfig(temperature=1.0), gen, MASK_ID)
+    logits[..., MASK_ID] = float("-inf")
+    expected = torch.softmax(logits, -1).gather(-1, x0[..., None])[..., 0]
+    assert torch.allclose(scores, expected)
+    assert torch.equal((x != MASK_ID).sum(1), torch.full((2,), k))
+
+
+HOST_SYNCS = ["item", "tolist", "nonzero", "cpu", "__bool__", "__int__", "__float__"]
+
+
+@pytest.mark.parametrize("cache", ["none", "prefix", "dual", "feature", "stale-first"])
+@pytest.mark.parametrize("cota", ["off", "CoTA", "CTEV context", "CTAR"])
+@pytest.mark.parametrize("sink", [False, True])
+def test_no_host_sync_inside_the_step_loop(cache, cota, sink, monkeypatch):
+    """Every host-sync entry point raises from the first block's schedule to the end of `generate`
+    (on_step, the display hook, is allowed to sync and is switched back on around it)."""
+    from minidlm import sampler
+    from minidlm.cota import CoTAConfig
+    if cota == "CTAR" and cache not in ("feature", "stale-first"):
+        pytest.skip("CTAR is a feature-cache policy")
+    cota_cfg = {"off": CoTAConfig(), "CoTA": CoTAConfig(ctae=True, ctev=True),
+                "CTEV context": CoTAConfig(ctev=True, ctev_mode="context"), "CTAR": CoTAConfig(ctar=True)}[cota]
+    cfg = SamplerConfig(gen_length=8, block_length=4, steps=8, cota=cota_cfg, cache_kr=3,
+                        cache="feature" if cache == "stale-first" else cache,
+                        cache_stale_first=cache == "stale-first")
+    originals = {name: getattr(torch.Tensor, name) for name in HOST_SYNCS}
+    armed = []
+
+    def trap(name):
+        def raising(self, *args, **kwargs):
+            if armed:
+                raise AssertionError(f"host sync: Tensor.{name} inside the step loop")
+            return originals[name](self, *args, **kwargs)
+        return raising
+
+    for name in HOST_SYNCS:
+        monkeypatch.setattr(torch.Tensor, name, trap(name))
+    schedule = sampler.transfer_schedule
+    monkeypatch.setattr(sampler, "transfer_schedule", lambda *a: (armed.append(1), schedule(*a))[1])
+    steps = []
+
+    def on_step(step, x, cache_object):
+        armed.clear()
+        steps.append(int((x == MASK_ID).sum()))  # a sync, allowed here
+        armed.append(1)
+
+    model = tiny_model(sink=sink, n_layer=5)
+    out = generate(model, [[1, 2], [3, 4, 5]], MASK_ID, PAD_ID, cfg, on_step=on_step)
+    armed.clear()
+    assert out.shape == (2, 8) and steps[-1] == 0 and len(steps) == 8
