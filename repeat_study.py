@@ -3,6 +3,7 @@
     python repeat_study.py                      # shipped model, 100 held-out prompts x 2 seeds
     python repeat_study.py --quick              # 32 prompts x 1 seed, a classroom version
     python repeat_study.py --checkpoint runs/mine.pt --data my.txt
+    python repeat_study.py --checkpoint runs/seeds/base-{0,1,2}.pt --seeds 0   # over model seeds
 
 Protocol of "Context Tokens are Anchors" (arXiv 2601.20520): a single block, one token committed
 per step, greedy, low-confidence remasking. Each seed draws a different set of held-out prompts
@@ -10,12 +11,16 @@ per step, greedy, low-confidence remasking. Each seed draws a different set of h
 Every row decodes the same prompts; metrics come from minidlm/repetition.py (responses cut at
 end-of-text, whitespace tokens dropped) and, on the embedded corpus, the grammatical rate of the
 complete generated sentences. Output: a markdown table on stdout and a JSON list of rows.
+Given several checkpoints (the same recipe trained with different seeds), every row runs on each
+of them and a cell reads mean +- sd over the models (each model's value averaged over the prompt
+seeds); `--from-json` prints a saved table again.
 
 Then the information-flow view (minidlm/infoflow.py) for no cache, the feature cache and the
 feature cache + CoTA: logit-lens entropy by layer at the step each position is committed, and the
 deep-layer attention mass within +-5 positions, for repeated vs normal positions. `--plot DIR`
 (plot extra) draws the entropy curves.
 """
+import json
 import os
 import random
 import sys
@@ -146,21 +151,51 @@ def plot_flow(flow, path):
     save_figure(fig, path, dpi=120)
 
 
+def cell(column, values):
+    """One table cell: a value, or mean +- sd over models when there are several."""
+    scale = 100 if column in ("ARR", "SRR", "seq_rep_2", "distinct_2", "grammatical") else 1
+    xs = [scale * v for v in values]
+    digits = 2 if scale == 100 else 1
+    if len(xs) == 1:
+        return f"{xs[0]:.{digits}f}"
+    mean = sum(xs) / len(xs)
+    sd = (sum((x - mean) ** 2 for x in xs) / (len(xs) - 1)) ** 0.5
+    return f"{mean:.{digits}f} +- {sd:.{digits}f}"
+
+
 def markdown(rows, columns):
     lines = ["| mode | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
     for r in rows:
-        cells = []
-        for c in columns:
-            v = r[c]
-            cells.append(f"{100 * v:.2f}" if c in ("ARR", "SRR", "seq_rep_2", "distinct_2", "grammatical")
-                         else f"{v:.1f}" if isinstance(v, float) else str(v))
-        lines.append(f"| {r['mode']} | " + " | ".join(cells) + " |")
+        per_model = r.get("per_model", [r])
+        lines.append(f"| {r['mode']} | " + " | ".join(cell(c, [m[c] for m in per_model]) for c in columns) + " |")
     return "\n".join(lines)
+
+
+def headline(meta):
+    return (f"{len(meta['seeds'])} prompt seed(s) x {meta['prompts']} prompts, {meta['gen_length']} tokens, "
+            f"single block, 1 token/step, greedy; rates in %; "
+            + (f"model {meta['checkpoints'][0]}" if len(meta["checkpoints"]) == 1 else
+               f"mean +- sd over {len(meta['checkpoints'])} models ({', '.join(meta['checkpoints'])})"))
+
+
+def print_saved(path):
+    """Print a table written by --json again (rows, and the run's settings under "meta")."""
+    try:
+        with open(path) as f:
+            saved = json.load(f)
+        meta, rows = saved["meta"], saved["rows"]
+        columns = [c for c in COLUMNS if c in rows[0]]
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        die(f"{path} is not a table written by repeat_study.py --json")
+    print(headline(meta))
+    print(markdown(rows, columns))
 
 
 def build_parser():
     p = ArgumentParser(description="Measure the Repeat Curse of feature caches and what CoTA does to it.")
-    p.add_argument("--checkpoint", default="checkpoints/tiny.pt")
+    p.add_argument("--checkpoint", nargs="+", default=["checkpoints/tiny.pt"],
+                   help="one model, or several trained alike with different seeds (cells become "
+                        "mean +- sd over them; the information-flow view uses the first)")
     p.add_argument("--data", default=None, help="text file the model was trained on (its validation "
                                                 "split gives the prompts; grammar columns are dropped)")
     p.add_argument("--prompts", type=number(int, 1, 100000), default=100, help="held-out prompts per seed")
@@ -176,12 +211,41 @@ def build_parser():
     p.add_argument("--sweep", action="store_true",
                    help="instead of the main rows: CoTA at other strengths (tau, gamma, lambda, w)")
     p.add_argument("--quick", action="store_true", help="32 prompts, seed 0 only")
+    p.add_argument("--from-json", default=None, metavar="PATH", help="print a table saved with --json again")
     return p
+
+
+def load_models(paths, device):
+    """The checkpoints, which must share one tokenizer (the prompts are the same ids for all)."""
+    models = [load_model(path, device) for path in paths]
+    first = models[0][1].state_dict()
+    for path, (model, tok, _) in zip(paths[1:], models[1:]):
+        if tok.state_dict() != first or model.cfg.max_seq_len != models[0][0].cfg.max_seq_len:
+            die(f"{path} has another tokenizer or context length than {paths[0]}: "
+                "models compared over seeds must be trained alike")
+    return [m for m, _, _ in models], models[0][1]
+
+
+def study_row(models, tok, prompt_sets, gen_length, settings, cota, batch_size, grammar):
+    """Metrics of one row per model (each averaged over the prompt sets), and their mean."""
+    per_model = []
+    for model in models:
+        per_seed = []
+        for prompts in prompt_sets:
+            outputs, tok_s = run_row(model, tok, prompts, gen_length, settings, cota, batch_size)
+            per_seed.append({**score(tok, outputs, grammar), "tok_s": tok_s})
+        per_model.append({**{c: sum(s[c] for s in per_seed) / len(per_seed) for c in per_seed[0]},
+                          "per_seed": per_seed})
+    mean = {c: sum(m[c] for m in per_model) / len(per_model) for c in per_model[0] if c != "per_seed"}
+    return {**mean, "per_model": per_model}
 
 
 def main():
     args = build_parser().parse_args()
-    preflight(outputs=[args.json], folders=[args.plot], inputs=[args.data])
+    if args.from_json:
+        preflight(inputs=[args.from_json])
+        return print_saved(args.from_json)
+    preflight(outputs=[args.json], folders=[args.plot], inputs=[args.data] + args.checkpoint)
     if args.quick:
         args.prompts, args.seeds, args.flow_prompts = 32, [0], min(args.flow_prompts, 16)
     if args.plot:
@@ -191,7 +255,7 @@ def main():
             die("--plot needs matplotlib: pip install -e '.[plot]'")
     try:
         device = pick_device(args.device)
-        model, tok, _ = load_model(args.checkpoint, device)
+        models, tok = load_models(args.checkpoint, device)
         _, val_docs = load_documents(args.data)
     except (ValueError, CheckpointError, CorpusError) as e:
         die(str(e))
@@ -200,38 +264,36 @@ def main():
     if not rows:
         die(f"--rows {args.rows!r} matches no row")
     columns = COLUMNS if grammar else [c for c in COLUMNS if c != "grammatical"]
-    limit = model.cfg.max_seq_len - args.gen_length
+    limit = models[0].cfg.max_seq_len - args.gen_length
     if limit < 2:
         die(f"--gen-length {args.gen_length} leaves no room for a prompt in the model's "
-            f"{model.cfg.max_seq_len}-token context")
+            f"{models[0].cfg.max_seq_len}-token context")
     prompt_sets = [study_prompts(tok, val_docs, seed, args.prompts, limit) for seed in args.seeds]
     results = []
     for name, settings, cota in rows:
-        per_seed = []
-        for prompts in prompt_sets:
-            outputs, tok_s = run_row(model, tok, prompts, args.gen_length, settings, cota, args.batch_size)
-            per_seed.append({**score(tok, outputs, grammar), "tok_s": tok_s})
-        row = {"mode": name, **{c: sum(s[c] for s in per_seed) / len(per_seed) for c in per_seed[0]},
-               "per_seed": per_seed, "settings": settings, "cota": cota}
+        row = {"mode": name, **study_row(models, tok, prompt_sets, args.gen_length, settings, cota,
+                                         args.batch_size, grammar), "settings": settings, "cota": cota}
         results.append(row)
         print(f"[{len(results)}/{len(rows)}] {name}: ARR {100 * row['ARR']:.2f} % SRR "
               f"{100 * row['SRR']:.1f} % ({row['tok_s']:.0f} tok/s)", file=sys.stderr, flush=True)
-    print(f"{len(args.seeds)} seed(s) x {args.prompts} prompts, {args.gen_length} tokens, single block, "
-          f"1 token/step, greedy; rates in %; model {args.checkpoint}")
+    meta = {"checkpoints": args.checkpoint, "seeds": args.seeds, "prompts": args.prompts,
+            "gen_length": args.gen_length}
+    print(headline(meta))
     print(markdown(results, columns))
     flow = None
     if args.flow_prompts > 0:
         prompts = study_prompts(tok, val_docs, args.seeds[0], args.flow_prompts, limit)
-        flow, deep = information_flow(model, tok, prompts, args.gen_length, args.batch_size)
-        print(f"\nInformation flow ({len(prompts)} prompts, seed {args.seeds[0]}): logit-lens entropy "
-              f"/ log V by layer at the commit step, and the deep-layer attention mass near each position")
-        print(flow_table(flow, model.cfg.n_layer, deep))
+        flow, deep = information_flow(models[0], tok, prompts, args.gen_length, args.batch_size)
+        print(f"\nInformation flow ({len(prompts)} prompts, seed {args.seeds[0]}, model {args.checkpoint[0]}): "
+              f"logit-lens entropy / log V by layer at the commit step, and the deep-layer attention mass "
+              f"near each position")
+        print(flow_table(flow, models[0].cfg.n_layer, deep))
         if args.plot:
             os.makedirs(args.plot, exist_ok=True)
             plot_flow(flow, os.path.join(args.plot, "infoflow_entropy.png"))
             print(f"wrote {os.path.join(args.plot, 'infoflow_entropy.png')}", file=sys.stderr)
     if args.json:
-        write_json(args.json, results)
+        write_json(args.json, {"meta": meta, "rows": results})
         print(f"wrote {args.json}", file=sys.stderr)
         if flow:
             flow_path = os.path.splitext(args.json)[0] + "_infoflow.json"

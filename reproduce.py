@@ -3,7 +3,7 @@
     python reproduce.py             # 10-20 minutes on a 2-core laptop CPU -> results/REPORT.md
     python reproduce.py --quick     # the classroom version, a few minutes -> results/quick/REPORT.md
     python reproduce.py --retrain   # first retrain the shipped models with their recorded commands
-    python reproduce.py --seeds     # also retrain the 3-seed sink comparison (about 70 minutes)
+    python reproduce.py --seeds     # also retrain the 3-seed runs: sink comparison, Repeat Curse (~2 hours)
 
 Each stage is one of the repo's own commands, run as a subprocess exactly as printed in the
 report, so any table can be rerun alone. Their progress goes to the terminal; their stdout (the
@@ -35,6 +35,7 @@ SHIPPED = ["checkpoints/tiny.pt", "checkpoints/tiny-sink.pt"]
 SEED_ARMS = {"baseline": ("base", []), "sink": ("sink", ["--sink"]),  # arm: (file prefix, flags)
              "sink, no rotation": ("norot", ["--sink", "--sink-no-rotation"])}
 SEEDS = (0, 1, 2)
+REPEAT_SEEDS = "results/repeat_seeds.json"
 ABLATIONS = [("embedded corpus", "results/ablation.json", ""),  # (what, saved rows, ablation.py flags)
              ("Python's documentation as prose", "results/ablation-pydoc.json",
               " --data runs/pydoc.txt --rows first-round,default --steps 400 --json results/ablation-pydoc.json")]
@@ -80,6 +81,11 @@ def stages(quick: bool, figures: bool):
          "8 samples): not yet remeasured with the new recipe and estimator (`--seeds` does both)."),
         ("The Repeat Curse and CoTA", study + ["--json", f"{out}/repeat_study.json"] + plot(docs),
          "Single block, one token per step, greedy: the authors' protocol."),
+        *([("The Repeat Curse over 3 model seeds (saved rows; remeasure with --seeds)",
+            ["repeat_study.py", "--from-json", REPEAT_SEEDS],
+            "The same study on the three baseline seed runs of the default recipe (`python train_tiny.py "
+            "--seed S`), one prompt set of 100 prompts each: mean +- sd over the models.")]
+          if os.path.exists(REPEAT_SEEDS) and not quick else []),
     ]
 
 
@@ -138,7 +144,10 @@ def seed_runs(log):
             run_stage(i, len(jobs), f"train {arm}, seed {s}",
                       ["train_tiny.py", "--seed", str(s), "--out", path, "--force"] + flags, log)
     arms = [f"--arm={arm}={','.join(p)}" for arm, p in paths.items()]
-    run_stage(1, 1, "measure the seed runs", ["sink_compare.py", *arms, "--json", "results/sink_seeds.json"], log)
+    run_stage(1, 2, "measure the seed runs", ["sink_compare.py", *arms, "--json", "results/sink_seeds.json"], log)
+    run_stage(2, 2, "the Repeat Curse over the baseline seeds",
+              ["repeat_study.py", "--checkpoint", *paths["baseline"], "--seeds", "0", "--flow-prompts", "0",
+               "--json", REPEAT_SEEDS], log)
 
 
 def shipped_models_table(windows_n=32, n_mc=16):
@@ -187,7 +196,7 @@ def build_parser():
     p.add_argument("--retrain", action="store_true",
                    help="first retrain the shipped checkpoints with their recorded commands (about an hour)")
     p.add_argument("--seeds", action="store_true",
-                   help="retrain and remeasure the 3-seed sink comparison (nine runs, about 70 minutes)")
+                   help="retrain the nine 3-seed runs and remeasure the sink comparison and the Repeat Curse over them (about 2 hours)")
     return p
 
 

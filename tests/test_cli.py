@@ -1,4 +1,5 @@
 """The scripts end bad input with one line and exit code 2, and never lose a written checkpoint."""
+import io
 import json
 import os
 import subprocess
@@ -128,9 +129,19 @@ def test_repeat_study_on_a_users_text_drops_the_grammar_column(tmp_path):
     r = run("repeat_study.py", "--data", str(data), "--prompts", "2", "--seeds", "0", "--gen-length", "8",
             "--rows", "stale-first", "--flow-prompts", "0", "--json", str(out))
     assert r.returncode == 0, r.stderr
-    rows = json.loads(out.read_text())
+    rows = json.loads(out.read_text())["rows"]
     assert rows[0]["mode"].startswith("feature, stale-first") and {"ARR", "SRR"} <= set(rows[0])
     assert "grammatical" not in r.stdout
+
+
+def test_repeat_study_over_model_seeds_prints_mean_and_sd_and_reprints_it(tmp_path):
+    out = tmp_path / "rows.json"
+    r = run("repeat_study.py", "--checkpoint", "checkpoints/tiny.pt", "checkpoints/tiny.pt", "--prompts", "2",
+            "--seeds", "0", "--gen-length", "8", "--rows", "dual", "--flow-prompts", "0", "--json", str(out))
+    assert r.returncode == 0, r.stderr
+    assert "mean +- sd over 2 models" in r.stdout and "| dual | 0.00 +- 0.00 |" in r.stdout
+    again = run("repeat_study.py", "--from-json", str(out))
+    assert again.returncode == 0 and again.stdout == r.stdout, again.stderr
 
 
 def test_sink_compare_writes_rows_with_the_promised_fields(tmp_path):
@@ -226,3 +237,32 @@ def test_unwritable_out_is_refused_before_any_work(tmp_path):
     assert_clean_error(r, "cannot write")
     assert "data:" not in r.stderr  # refused before loading or tokenising anything
     assert_clean_error(run("train_tiny.py", "--out", str(tmp_path), *TINY), "is a folder")
+
+
+@pytest.mark.parametrize("writer", ["checkpoint", "json", "figure"])
+def test_a_save_that_fails_half_way_leaves_the_old_file_and_no_debris(writer, tmp_path, monkeypatch):
+    """The atomic writes: a crash after half the bytes keeps the previous file intact."""
+    from minidlm import checkpoint, cli
+    path = tmp_path / {"checkpoint": "a.pt", "json": "a.json", "figure": "a.png"}[writer]
+    path.write_bytes(b"the previous version")
+
+    def half_then_crash(obj, f, *args, **kwargs):
+        f = f if hasattr(f, "write") else open(f, "wb")
+        f.write("half" if isinstance(f, io.TextIOBase) else b"half")
+        raise OSError("disk full")
+
+    if writer == "checkpoint":
+        monkeypatch.setattr(checkpoint.torch, "save", half_then_crash)
+        call = lambda: checkpoint.atomic_save({"x": 1}, str(path))
+    elif writer == "json":
+        monkeypatch.setattr(cli.json, "dump", half_then_crash)
+        call = lambda: cli.write_json(str(path), {"x": 1})
+    else:
+        class Figure:
+            def savefig(self, target, dpi):
+                half_then_crash(None, target)
+        call = lambda: cli.save_figure(Figure(), str(path))
+    with pytest.raises(OSError, match="disk full"):
+        call()
+    assert path.read_bytes() == b"the previous version"
+    assert os.listdir(tmp_path) == [path.name]
