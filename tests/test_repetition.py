@@ -1,11 +1,12 @@
 """Tests for minidlm.repetition: hand-computed values and the invariants of the metrics."""
+import statistics
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from minidlm.repetition import (RepetitionReport, adjacent_repetition_rate, clean_response,
-                                distinct_n, repetition_report, runs, seq_rep_n)
+from minidlm.repetition import (RepetitionReport, adjacent_commit_share, adjacent_repetition_rate,
+                                clean_response, distinct_n, percentile, repetition_report, runs, seq_rep_n)
 
 seqs = st.lists(st.integers(0, 4), max_size=40)  # small alphabet so repeats are common
 KEYS = ["ARR", "SRR", "MRL", "MRL_mean", "ARL", "p95RL", "seq_rep_2", "seq_rep_4",
@@ -21,7 +22,7 @@ def test_known_sequence():
     assert seq_rep_n(y, 2) == pytest.approx(1 / 5)
     r = repetition_report([y])
     assert (r.MRL, r.MRL_mean, r.ARL, r.SRR, r.length, r.n) == (3, 3, 2.5, 1.0, 6, 1)
-    assert r.p95RL == 3
+    assert r.p95RL == pytest.approx(2.95)  # runs >= 2 are (2, 3): position 0.95 between them
 
 
 def test_sentence_loop_is_seen_by_seq_rep_not_by_arr():
@@ -33,7 +34,7 @@ def test_sentence_loop_is_seen_by_seq_rep_not_by_arr():
 def test_empty_and_single_token():
     for y in ([], [7]):
         assert adjacent_repetition_rate(y) == 0.0
-        assert seq_rep_n(y, 2) == distinct_n(y, 2) == 0.0
+        assert seq_rep_n(y, 2) == 0.0 and distinct_n(y, 2) == 1.0  # no n-gram: nothing repeats
         assert runs(y) == [1] * len(y)
     r = repetition_report([[], [7]])
     assert (r.ARR, r.SRR, r.MRL, r.MRL_mean, r.ARL, r.p95RL) == (0, 0, 0, 0, 0, 0)
@@ -47,14 +48,25 @@ def test_report_over_several_samples():
     assert r.SRR == pytest.approx(2 / 3)
     assert r.MRL == 3
     assert r.MRL_mean == pytest.approx((3 + 2) / 2)  # the non-repeating sample does not count
-    assert r.ARL == pytest.approx((2 + 3 + 2) / 3)
+    assert r.ARL == pytest.approx(((2 + 3) / 2 + 2) / 2)  # per repeating sample, then averaged
     assert r.length == pytest.approx(11 / 3)
 
 
-def test_p95_is_nearest_rank():
-    samples = [[1, 1]] * 19 + [[2] * 10]  # 19 runs of 2, one of 10: rank ceil(0.95*20) = 19
-    assert repetition_report(samples).p95RL == 2
-    assert repetition_report(samples[:18] + [[2] * 10]).p95RL == 10  # rank ceil(18.05) = 19
+def test_p95_is_per_sample_and_averaged_over_repeating_samples():
+    samples = [[1, 1]] * 19 + [[2] * 10] + [[3, 4]]  # the last sample does not repeat
+    assert repetition_report(samples).p95RL == pytest.approx((19 * 2 + 10) / 20)
+
+
+@given(st.lists(st.integers(2, 30), min_size=2, max_size=40), st.sampled_from([0.05, 0.5, 0.95]))
+def test_percentile_interpolates_linearly(xs, q):
+    """Against the standard library's inclusive quantiles (linear between order statistics)."""
+    cuts = statistics.quantiles(xs, n=20, method="inclusive")
+    assert percentile(xs, q) == pytest.approx(cuts[round(q * 20) - 1])
+
+
+def test_adjacent_commit_share():
+    assert adjacent_commit_share([[3, 4, 5, 9], [0, 2]]) == pytest.approx(2 / 4)
+    assert adjacent_commit_share([[7], []]) == 0.0
 
 
 def test_clean_response_cuts_at_eot_and_drops_whitespace():
@@ -83,10 +95,7 @@ def test_arr_invariants(y):
 def test_seq_rep_plus_distinct_is_one(y, n):
     s, d = seq_rep_n(y, n), distinct_n(y, n)
     assert 0.0 <= s <= 1.0 and 0.0 <= d <= 1.0
-    if len(y) >= n:
-        assert s + d == pytest.approx(1.0)
-    else:
-        assert s == d == 0.0
+    assert s + d == pytest.approx(1.0)  # also without an n-gram: nothing repeats, all distinct
 
 
 @given(st.lists(st.integers(), unique=True, max_size=30))
