@@ -159,7 +159,7 @@ def main():
     gen_length = 64 if args.quick else 128
     repeats = 1 if args.quick else args.repeats
     _, val_docs = load_documents(None)
-    stories = [[tok.eot_id] + tok.encode(d) for d in val_docs]
+    stories = [tok.prompt(d) for d in val_docs]
     stories = [s[: args.prompt_length] for s in stories if len(s) >= args.prompt_length]
     rows = {
         "uncached": dict(cache="none"),

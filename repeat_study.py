@@ -27,8 +27,8 @@ import sys
 import time
 
 from minidlm.checkpoint import CheckpointError, load_model
-from minidlm.cli import (SEED, ArgumentParser, die, number, pick_device, positive_int, preflight,
-                         run_main, save_figure, write_json)
+from minidlm.cli import (SEED, ArgumentParser, die, number, pick_device, positive_int, preflight, pyplot,
+                         require_plot_extra, run_main, save_figure, write_json)
 from minidlm.corpus import CorpusError
 from minidlm.cota import CoTAConfig
 from minidlm.data import load_documents
@@ -76,7 +76,7 @@ PERCENT = ("ARR", "SRR", "seq_rep_2", "distinct_2", "adj_commit", "grammatical")
 def study_prompts(tok, val_docs, seed, n, limit):
     """The first sentences of n validation stories drawn with `seed`, as prompt ids."""
     docs = random.Random(seed).sample(val_docs, min(n, len(val_docs)))
-    return [([tok.eot_id] + tok.encode(t))[-limit:] for t in held_out_prompts(docs, len(docs))]
+    return [tok.prompt(t)[-limit:] for t in held_out_prompts(docs, len(docs))]
 
 
 class CommitOrder:
@@ -156,9 +156,7 @@ def flow_table(flow, n_layer, deep):
 
 
 def plot_flow(flow, path):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     for (mode, kinds), colour in zip(flow.items(), ["tab:blue", "tab:red", "tab:green"]):
         for kind, style in (("normal", "-"), ("repeated", "--")):
@@ -272,10 +270,7 @@ def main():
     if args.quick:
         args.prompts, args.seeds, args.flow_prompts = 32, [0], min(args.flow_prompts, 16)
     if args.plot:
-        try:
-            import matplotlib  # noqa: F401
-        except ImportError:
-            die("--plot needs matplotlib: pip install -e '.[plot]'")
+        require_plot_extra()
     try:
         device = pick_device(args.device)
         models, tok = load_models(args.checkpoint, device)

@@ -15,31 +15,33 @@ import torch
 
 from minidlm.checkpoint import CheckpointError, load_model
 from minidlm.cli import (SEED, ArgumentParser, die, number, pick_device, positive_int, preflight,
-                         run_main)
-from minidlm.cota import CoTAConfig
+                         require_plot_extra, run_main)
+from minidlm.cache import CACHES
+from minidlm.cota import CTEV_MODES, CoTAConfig
 from minidlm.evaluate import continuation_text, plateau_warning
-from minidlm.sampler import SamplerConfig, generate
+from minidlm.sampler import REMASKING, SamplerConfig, generate
 from minidlm.show import DenoisingView
 from minidlm.sinks import SinkProbe, describe, plot
 
 
 def build_parser():
+    s, c0 = SamplerConfig(), CoTAConfig()  # the defaults live there, once
     p = ArgumentParser(description="Generate text with a masked-diffusion LM (LLaDA sampler).")
     p.add_argument("--checkpoint", default="checkpoints/tiny.pt", help="model file (default %(default)s)")
     p.add_argument("--prompt", action="append", default=None,
                    help="prompt text; repeat the flag for a batch of prompts (default: an empty prompt, "
                         "i.e. the start of a new story)")
     p.add_argument("--num-samples", type=number(int, 1, 4096), default=1, help="samples per prompt")
-    p.add_argument("--gen-length", type=positive_int, default=128, help="tokens to generate")
-    p.add_argument("--steps", type=positive_int, default=128, help="denoising steps in total")
-    p.add_argument("--block-length", type=positive_int, default=32, help="semi-autoregressive block size")
-    p.add_argument("--temperature", type=number(float, 0, 1000), default=0.0, help="0 = greedy (default)")
-    p.add_argument("--remasking", default="low_confidence", choices=["low_confidence", "random"])
-    p.add_argument("--cache", default="none", choices=["none", "prefix", "dual", "feature"],
+    p.add_argument("--gen-length", type=positive_int, default=s.gen_length, help="tokens to generate")
+    p.add_argument("--steps", type=positive_int, default=s.steps, help="denoising steps in total")
+    p.add_argument("--block-length", type=positive_int, default=s.block_length, help="semi-autoregressive block size")
+    p.add_argument("--temperature", type=number(float, 0, 1000), default=s.temperature, help="0 = greedy (default)")
+    p.add_argument("--remasking", default=s.remasking, choices=REMASKING)
+    p.add_argument("--cache", default=s.cache, choices=list(CACHES),
                    help="reuse work across steps: prefix/dual (Fast-dLLM) or feature (dLLM-Cache)")
-    p.add_argument("--cache-kp", type=positive_int, default=25, help="feature cache: prompt refresh interval K_p")
-    p.add_argument("--cache-kr", type=positive_int, default=7, help="feature cache: response refresh interval K_r")
-    p.add_argument("--cache-rho", type=number(float, 0, 1), default=0.25,
+    p.add_argument("--cache-kp", type=positive_int, default=s.cache_kp, help="feature cache: prompt refresh interval K_p")
+    p.add_argument("--cache-kr", type=positive_int, default=s.cache_kr, help="feature cache: response refresh interval K_r")
+    p.add_argument("--cache-rho", type=number(float, 0, 1), default=s.cache_rho,
                    help="feature cache: fraction of response rows refreshed on other steps")
     p.add_argument("--cache-stale-first", action="store_true",
                    help="feature cache (ours, not dLLM-Cache): spend the rho budget first on rows "
@@ -48,11 +50,11 @@ def build_parser():
     c.add_argument("--cota", action="store_true", help="CoTA as in the paper: CTAE + CTEV")
     c.add_argument("--ctae", action="store_true", help="only CTAE: distance gain on response attention")
     c.add_argument("--ctev", action="store_true", help="only CTEV: deep-layer entropy penalty on confidence")
-    c.add_argument("--ctae-tau", type=number(float, 0, 1e6, lo_open=True), default=5.0, help="CTAE width tau in tokens (paper: 5)")
-    c.add_argument("--ctae-gamma", type=number(float, 0, 1, lo_open=True), default=0.5, help="CTAE floor gamma in (0, 1] (paper: 0.5)")
-    c.add_argument("--ctev-lambda", type=number(float, 0, 1e6), default=0.75, help="CTEV strength lambda (paper: 0.75)")
-    c.add_argument("--ctev-window", type=number(int, 0, 65536), default=1, help="CTEV context window w: C(i) = i-w..i+w")
-    c.add_argument("--ctev-mode", default="self", choices=["self", "context"],
+    c.add_argument("--ctae-tau", type=number(float, 0, 1e6, lo_open=True), default=c0.ctae_tau, help="CTAE width tau in tokens (paper: 5)")
+    c.add_argument("--ctae-gamma", type=number(float, 0, 1, lo_open=True), default=c0.ctae_gamma, help="CTAE floor gamma in (0, 1] (paper: 0.5)")
+    c.add_argument("--ctev-lambda", type=number(float, 0, 1e6), default=c0.ctev_lambda, help="CTEV strength lambda (paper: 0.75)")
+    c.add_argument("--ctev-window", type=number(int, 0, 65536), default=c0.ctev_window, help="CTEV context window w: C(i) = i-w..i+w")
+    c.add_argument("--ctev-mode", default=c0.ctev_mode, choices=CTEV_MODES,
                    help="self: the paper; context: the authors' later variant (only committed "
                         "neighbours count; use with --ctev-window 5 --ctev-lambda 0.25)")
     v = p.add_argument_group("the authors' later variants (not the paper's CoTA)")
@@ -60,7 +62,7 @@ def build_parser():
                    help="CTAR: with --cache feature, also recompute deep-layer rows whose +-w "
                         "neighbourhood gained a committed token (staleness repair); pair it with "
                         "--ctev --ctev-mode context for the authors' later CoTA")
-    v.add_argument("--ctar-window", type=number(int, 0, 65536), default=5, help="CTAR neighbourhood w (default %(default)s)")
+    v.add_argument("--ctar-window", type=number(int, 0, 65536), default=c0.ctar_window, help="CTAR neighbourhood w (default %(default)s)")
     p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default %(default)s)")
     p.add_argument("--compile", action="store_true",
@@ -99,7 +101,7 @@ def main():
     if warning:
         print(warning, file=sys.stderr)
     texts = [t for t in (args.prompt or [""]) for _ in range(args.num_samples)]
-    prompts = [[tokenizer.eot_id] + tokenizer.encode(t) for t in texts]  # EOT: "a story starts here"
+    prompts = [tokenizer.prompt(t) for t in texts]
     cfg = SamplerConfig(gen_length=args.gen_length, steps=args.steps, block_length=args.block_length,
                         temperature=args.temperature, remasking=args.remasking, cache=args.cache,
                         cache_kp=args.cache_kp, cache_kr=args.cache_kr, cache_rho=args.cache_rho,
@@ -120,10 +122,7 @@ def main():
     if args.plot and not args.sinks:
         die("--plot draws the sink probe's figures: add --sinks")
     if args.plot:
-        try:
-            import matplotlib  # noqa: F401
-        except ImportError:
-            die("--plot needs matplotlib: pip install -e '.[plot]'")
+        require_plot_extra()
     P = max(map(len, prompts))
     view = DenoisingView(tokenizer, P, args.show_delay) if args.show else None
     probe = SinkProbe(model, tokenizer, list(map(len, prompts)),

@@ -24,8 +24,8 @@ import sys
 import torch
 
 from minidlm.checkpoint import CheckpointError, load_model
-from minidlm.cli import (ArgumentParser, die, number, pick_device, preflight, run_main, save_figure,
-                         write_json)
+from minidlm.cli import (ArgumentParser, die, number, pick_device, preflight, pyplot, require_plot_extra,
+                         run_main, save_figure, write_json)
 from minidlm.data import fixed_windows, load_documents, token_stream
 from minidlm.diffusion import evaluate_nelbo
 from minidlm.evaluate import held_out_prompts, sample_grammatical_rate
@@ -44,7 +44,7 @@ def measure(path, device, val_docs, args):
     cfg = SamplerConfig(gen_length=64, steps=64, block_length=32)
     texts = held_out_prompts(val_docs, args.prompts)
     grammatical, _, _ = sample_grammatical_rate(model, tok, texts, cfg)
-    prompts = [[tok.eot_id] + tok.encode(t) for t in texts]
+    prompts = [tok.prompt(t) for t in texts]
     probe = SinkProbe(model, tok, list(map(len, prompts)))
     generate(model, prompts, tok.mask_id, tok.eot_id, cfg, on_step=probe, observe=True)
     s = probe.summary()
@@ -85,7 +85,7 @@ def curve_table(rows):
              "mass on [SINK] % | [SINK] value norm / mean |", "|---|---|---|---|---|---|---|"]
     for row in rows:
         curve = row.get("curve") or []
-        pick = curve[::max(1, -(-len(curve) // 8))]
+        pick = curve[::max(1, math.ceil(len(curve) / 8))]
         if curve and pick[-1] is not curve[-1]:
             pick.append(curve[-1])
         for p in pick:
@@ -111,9 +111,7 @@ def final_points_table(rows):
 
 
 def plot_curves(rows, folder):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     os.makedirs(folder, exist_ok=True)
     panels = [("top_mass", "largest content column mass"), ("top_value_ratio", "its value norm / mean"),
               ("sink_mass", "attention mass on [SINK]")]
@@ -171,10 +169,7 @@ def main():
     args = build_parser().parse_args()
     preflight(outputs=[args.json], folders=[args.plot], inputs=[args.from_json])
     if args.plot:
-        try:
-            import matplotlib  # noqa: F401
-        except ImportError:
-            die("--plot needs matplotlib: pip install -e '.[plot]'")
+        require_plot_extra()
     if args.from_json:
         try:
             with open(args.from_json) as f:

@@ -34,11 +34,14 @@ ones included (for rows a cache did not recompute, their last computed state). W
 every row (B, H, L, S + L) per layer, and in `value_norms` the mean over heads of ||v_j|| for
 every key (B, S + L) per layer, for the probes; observing changes no computation.
 
-CUDA-friendly: buffers are allocated once per `generate` call and written through index tensors
-(`scatter_`); the number of rows per step is a Python int fixed by the step's kind, so shapes are
-static; nothing here syncs with the host. `rows_computed[layer]` counts the rows that went through
+CUDA-friendly: buffers are allocated once per `generate` call and written in place: prefix and
+dual write one contiguous span of columns (a slice copy), the feature cache scatters its chosen
+rows (`scatter_`); the number of rows per step is a Python int fixed by the step's kind, so shapes
+are static; nothing here syncs with the host. `rows_computed[layer]` counts the rows that went through
 attention and FFN, so the work saved is visible, not only the time.
 """
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -165,7 +168,7 @@ class FeatureCache(NoCache):
         self.repair_layers = set(cfg.cota.deep_layers(n_layer)) if cfg.cota.ctar else set()
         self.repair_window = cfg.cota.ctar_window
         steps_per_block = cfg.steps // (cfg.gen_length // cfg.block_length)
-        per_step = -(-cfg.block_length // steps_per_block)  # most tokens committed in one step
+        per_step = math.ceil(cfg.block_length / steps_per_block)  # most tokens committed in one step
         self.n_repair = min(n_response, self.n_partial + per_step * (2 * self.repair_window + 1))
         self.previous = x.clone()  # the canvas at the last step, to see what was committed
         self.changed_at = torch.zeros(self.batch, self.length, dtype=torch.long, device=device)
@@ -210,7 +213,9 @@ class FeatureCache(NoCache):
             changed = F.max_pool1d(self.changed_at[:, None].float(), 2 * window + 1, stride=1,
                                    padding=window)[:, 0]
             stale = changed[:, P:] > self.computed_at[layer][:, P:]
-            priority = priority - 3.0 * stale  # cosine similarity lies in [-1, 1]
+            # cosine similarity spans [-1, 1], a range of 2: subtracting 3 puts every stale row
+            # ahead of every fresh one, and keeps the similarity order within each group
+            priority = priority - 3.0 * stale
         return priority.topk(n, dim=-1, largest=False).indices + P
 
     def run_rows(self, layer, block, h, rows, cos, sin):

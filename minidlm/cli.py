@@ -163,6 +163,22 @@ def preflight(outputs=(), folders=(), inputs=()):
         die(problem)
 
 
+def require_plot_extra(flag: str = "--plot"):
+    """End with one line (exit 2) when the plot extra is missing; call before any long work."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        die(f"{flag} needs matplotlib: pip install -e '.[plot]'")
+
+
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend (figures are written, never shown)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
 def save_figure(fig, path: str, dpi: int = 120):
     """fig.savefig, atomically: an interrupted run never leaves half a PNG."""
     folder = os.path.dirname(os.path.abspath(path))

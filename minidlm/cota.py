@@ -42,6 +42,9 @@ import torch
 import torch.nn.functional as F
 
 
+CTEV_MODES = ("self", "context")  # the paper's, the authors' later variant
+
+
 @dataclass
 class CoTAConfig:
     ctae: bool = False
@@ -65,7 +68,7 @@ class CoTAConfig:
             raise ValueError("CTEV needs lambda >= 0, window >= 0 and 0 < deep fraction <= 1")
         if self.ctar_window < 0:
             raise ValueError("CTAR needs a window >= 0")
-        if self.ctev_mode not in ("self", "context"):
+        if self.ctev_mode not in CTEV_MODES:
             raise ValueError(f"CTEV mode must be 'self' or 'context', got {self.ctev_mode!r}")
 
     def deep_layers(self, n_layer: int) -> list:

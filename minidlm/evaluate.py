@@ -18,10 +18,7 @@ def held_out_prompts(val_docs, n: int) -> list:
 
 def continuation_text(tokenizer, row) -> str:
     """Decode one generated row, cut at the first end-of-text."""
-    row = row.tolist() if torch.is_tensor(row) else list(row)
-    if tokenizer.eot_id in row:
-        row = row[: row.index(tokenizer.eot_id)]
-    return tokenizer.decode(row)
+    return tokenizer.decode(tokenizer.until_eot(row))
 
 
 @torch.no_grad()
@@ -29,7 +26,7 @@ def sample_grammatical_rate(model, tokenizer, prompts, cfg: SamplerConfig, seed=
     """(rate over all complete generated sentences, number of such sentences, the texts)."""
     texts = []
     for start in range(0, len(prompts), batch_size):
-        batch = [[tokenizer.eot_id] + tokenizer.encode(p) for p in prompts[start:start + batch_size]]
+        batch = [tokenizer.prompt(p) for p in prompts[start:start + batch_size]]
         out = generate(model, batch, tokenizer.mask_id, tokenizer.eot_id, cfg, seed=seed + start)
         texts.extend(continuation_text(tokenizer, row) for row in out)
     rate, n = pooled_grammatical_rate(texts)

@@ -15,6 +15,7 @@ any other "normal"; positions after the first end-of-text are left out. It only 
 import torch
 
 from .cota import lens_entropy
+from .tokenizer import cut_at
 
 
 class FlowRecorder:
@@ -51,7 +52,7 @@ class FlowRecorder:
     def finish(self, response):
         """Classify this batch's committed positions by the final response tokens (B, G)."""
         for r, row in enumerate(response.tolist()):
-            end = row.index(self.eot_id) if self.eot_id in row else len(row)
+            end = len(cut_at(row, self.eot_id))
             for i in range(end):
                 same = (i > 0 and row[i - 1] == row[i]) or (i + 1 < end and row[i + 1] == row[i])
                 key = (r, self.prompt_len + i)

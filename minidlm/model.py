@@ -217,8 +217,12 @@ class DiffusionLM(nn.Module):
         rope = rope_angles(torch.zeros(1, 1, dtype=torch.long, device=self.sink_embed.device),
                            self.cfg.d_model // self.cfg.n_head, self.cfg.rope_base)
         x, kvs = self.sink_embed, []
+
+        def keep(k, v):  # attend as usual, and remember this layer's k, v
+            kvs.append((k, v))
+            return k, v
         for block in self.blocks:
-            x = block(x, rope, None, kv_update=lambda k, v: kvs.append((k, v)) or (k, v))
+            x = block(x, rope, None, kv_update=keep)
         return kvs
 
     def forward(self, idx, positions=None, cache=None, attn_bias=None, trace=False):

@@ -36,24 +36,28 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Callable
 
+from .tokenizer import cut_at
+
 
 def clean_response(ids: list[int], eot_id: int, is_whitespace: Callable[[int], bool]) -> list[int]:
     """Cut at the first eot_id (exclusive), then drop the whitespace-only tokens."""
-    ids = list(ids)
-    if eot_id in ids:
-        ids = ids[:ids.index(eot_id)]
-    return [t for t in ids if not is_whitespace(t)]
+    return [t for t in cut_at(ids, eot_id) if not is_whitespace(t)]
+
+
+def runs_of(items: list) -> list[tuple]:
+    """The maximal runs of equal adjacent items as (item, length); [1,1,2] -> [(1, 2), (2, 1)]."""
+    out = []
+    for x in items:
+        if out and out[-1][0] == x:
+            out[-1][1] += 1
+        else:
+            out.append([x, 1])
+    return [tuple(r) for r in out]
 
 
 def runs(ids: list[int]) -> list[int]:
     """Lengths of the maximal runs of identical adjacent tokens; [1,1,2,3,3,3] -> [2,1,3]."""
-    out = []
-    for i, t in enumerate(ids):
-        if i > 0 and t == ids[i - 1]:
-            out[-1] += 1
-        else:
-            out.append(1)
-    return out
+    return [n for _, n in runs_of(ids)]
 
 
 def adjacent_repetition_rate(ids: list[int]) -> float:

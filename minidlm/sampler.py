@@ -25,6 +25,9 @@ from .cache import CACHES
 from .cota import AttentionBias, CoTAConfig, ctev_penalty
 
 
+REMASKING = ("low_confidence", "random")
+
+
 @dataclass
 class SamplerConfig:
     gen_length: int = 128
@@ -56,8 +59,8 @@ class SamplerConfig:
                              f"{self.block_length}: some steps would commit nothing")
         if not self.temperature >= 0:
             raise ValueError(f"temperature must be >= 0, got {self.temperature}")
-        if self.remasking not in ("low_confidence", "random"):
-            raise ValueError(f"remasking must be 'low_confidence' or 'random', got {self.remasking!r}")
+        if self.remasking not in REMASKING:
+            raise ValueError(f"remasking must be one of {', '.join(REMASKING)}, got {self.remasking!r}")
         if self.cache not in CACHES:
             raise ValueError(f"cache must be one of {', '.join(CACHES)}, got {self.cache!r}")
         if self.cache_kp < 1 or self.cache_kr < 1 or not 0 <= self.cache_rho <= 1:
@@ -111,6 +114,7 @@ def commit(x, logits, eligible, k: int, cfg: SamplerConfig, generator, mask_id: 
     logits[..., mask_id] = float("-inf")  # [MASK] is never a target, so never a prediction
     x0 = choose_tokens(logits, cfg.temperature, generator)
     if cfg.remasking == "low_confidence":
+        # softmax in float32 at least: in bf16/fp16 near-equal confidences would tie and reorder
         probs = F.softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
         conf = probs.gather(-1, x0.unsqueeze(-1)).squeeze(-1)
     else:

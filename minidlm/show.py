@@ -3,6 +3,7 @@
 Each frame redraws the first sample's response on stderr: committed tokens in plain text, the
 tokens committed at this very step highlighted, still-masked positions as grey blocks.
 """
+import math
 import shutil
 import sys
 import time
@@ -21,7 +22,7 @@ class DenoisingView:
     def _paint(self, text, style):
         return f"{style}{text}{RESET}" if self.colour else text
 
-    def draw(self, step: int, canvas, cache=None):
+    def draw(self, step: int, canvas, cache=None):  # generate's on_step(step, x, cache); cache unused
         row = canvas[0, self.prompt_len:].tolist()  # the one host sync, and only with --show
         pieces, width = [], 0
         for i, t in enumerate(row):
@@ -39,7 +40,7 @@ class DenoisingView:
         self.stream.write(header + "".join(pieces) + "\n")
         self.stream.flush()
         columns = shutil.get_terminal_size().columns
-        self.lines_drawn = -(-(len(header) + width) // columns) if self.colour else 0
+        self.lines_drawn = math.ceil((len(header) + width) / columns) if self.colour else 0
         time.sleep(self.delay)
 
     def close(self):

@@ -21,7 +21,8 @@ from collections import Counter
 
 import torch
 
-from .cli import save_figure
+from .cli import pyplot, save_figure
+from .repetition import runs_of
 
 KINDS = ("mask", "punct/space", "prompt", "committed")
 
@@ -145,21 +146,13 @@ def training_curve_point(model, windows, mask_id, mask_ratio: float = 0.5, seed:
 
 def run_lengths(positions) -> str:
     """'12x40 > 37x30': position 12 for 40 steps, then 37 for 30 steps."""
-    runs = []
-    for p in positions:
-        if runs and runs[-1][0] == p:
-            runs[-1][1] += 1
-        else:
-            runs.append([p, 1])
-    return " > ".join(f"{p}x{n}" for p, n in runs)
+    return " > ".join(f"{p}x{n}" for p, n in runs_of(positions))
 
 
 def plot(probe: SinkProbe, folder: str, prompt_len: int) -> list:
     """Write the sink trajectory and the attention maps at the snapshot steps; returns the paths."""
     import os
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     os.makedirs(folder, exist_ok=True)
     fig, ax = plt.subplots(figsize=(7, 4))
     for layer, positions in enumerate(probe.trajectory(0)):

@@ -158,8 +158,14 @@ class Tokenizer:
         """
         return self.encoding.encode_ordinary(text)
 
-    def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        return self.encoding.encode_ordinary_batch(texts)  # tiktoken's thread pool
+    def prompt(self, text: str) -> list[int]:
+        """A prompt's ids: end-of-text first ("a new story starts here", as in training), then
+        the text."""
+        return [self.eot_id] + self.encode(text)
+
+    def until_eot(self, ids) -> list[int]:
+        """A generated row (ids or a 1-D tensor) cut at its first end-of-text (exclusive)."""
+        return cut_at(ids, self.eot_id)
 
     def decode(self, ids: Iterable[int]) -> str:
         """Ids to text. Special ids decode to their literal strings ("<|mask|>"); use token_str
@@ -234,6 +240,12 @@ class Tokenizer:
         if len(ranks) != 256 + len(merged_hex):
             raise ValueError("tokenizer state has duplicate merged tokens")
         return cls(ranks, pat_str)
+
+
+def cut_at(ids, stop: int) -> list[int]:
+    """ids (a list or 1-D tensor) up to the first `stop` (exclusive); all of them if none."""
+    ids = ids.tolist() if hasattr(ids, "tolist") else list(ids)
+    return ids[:ids.index(stop)] if stop in ids else ids
 
 
 def _check_ranks(ranks: dict[bytes, int]) -> None:

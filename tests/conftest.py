@@ -1,6 +1,5 @@
 """Shared fixtures: tiny random models in float64 (so greedy ties cannot flip on 1e-7 noise)."""
 import torch
-import pytest
 from hypothesis import settings
 
 from minidlm.model import DiffusionLM, ModelConfig
@@ -31,7 +30,3 @@ def tiny_model(sink=False, seed=0, n_layer=2, max_seq_len=64, sink_rotation=True
                 p.normal_()
     return model
 
-
-@pytest.fixture(params=[False, True], ids=["plain", "sink"])
-def model(request):
-    return tiny_model(sink=request.param)

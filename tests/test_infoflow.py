@@ -1,5 +1,4 @@
 """The information-flow recorder sees every committed position once, with values in range."""
-import torch
 from hypothesis import given, strategies as st
 
 from conftest import MASK_ID, PAD_ID, VOCAB, tiny_model
