@@ -31,8 +31,8 @@ For CoTA's CTEV a cache also keeps, in `hidden`, the residual stream after each 
 `keep_hidden` for EVERY canvas position: the states the model actually used at this step, stale
 ones included (for rows a cache did not recompute, their last computed state). With
 `observe=True` it keeps every layer's state, in `attention` the attention weights in effect for
-every row (B, H, L, S + L) per layer, and in `value_norms` the mean over heads of ||v_j|| for
-every key (B, S + L) per layer, for the probes; observing changes no computation.
+every row (B, H, L, S + L) per layer, and in `value_norms` each head's ||v_j|| for every key
+(B, H, S + L) per layer, for the probes; observing changes no computation.
 
 CUDA-friendly: buffers are allocated once per `generate` call and written in place: prefix and
 dual write one contiguous span of columns (a slice copy), the feature cache scatters its chosen
@@ -114,7 +114,7 @@ class NoCache:
         for buffer, weights in zip(self.attention, trace.attn):  # drop an uncached sink query row
             buffer[:, :, start:end] = weights[:, :, weights.shape[2] - (end - start):]
         for layer, values in enumerate(trace.values):  # values of every key, the sink's included
-            self.value_norms[layer] = values.norm(dim=-1).mean(1)
+            self.value_norms[layer] = values.norm(dim=-1)
         return out[0]
 
     def full_forward(self, x, cache=None):
@@ -234,7 +234,7 @@ class FeatureCache(NoCache):
         if trace is not None:  # the recomputed rows' weights replace their stale ones
             weights = trace.attn[0]
             self.attention[layer].scatter_(2, rows[:, None, :, None].expand_as(weights), weights)
-            self.value_norms[layer] = trace.values[0].norm(dim=-1).mean(1)
+            self.value_norms[layer] = trace.values[0].norm(dim=-1)
         self.attn_out[layer].scatter_(1, index, attn)
         h = h + self.attn_out[layer]
         self.ffn_out[layer].scatter_(1, index, block.mlp(block.norm2(h.gather(1, index))))

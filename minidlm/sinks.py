@@ -1,20 +1,28 @@
 """Attention-sink probe: where the sinks sit at every denoising step, and whether they move.
 
 "One Token Is Enough" (arXiv 2601.19657) and Rulli et al. (arXiv 2510.15731): in diffusion LMs
-the positions that soak up attention MOVE across denoising steps. Per step s, layer l and head h
-the probe takes the column mean of the attention in effect, c_j = (1/N) sum_i A_ij over the N
-real (non-padding) query rows, and records:
+the positions that soak up attention MOVE across denoising steps. Per step s, layer l, sample b
+and head h the probe takes the column mean of the attention in effect, c_j = (1/N) sum_i A_ij
+over the N real (non-padding) query rows, and records:
 
-- the top sink: argmax_j c_j over content keys (the [SINK] token, when present, is reported
+- the top key: argmax_j c_j over real content keys (the [SINK] token, when present, is reported
   separately as its mass c_0);
 - two sink sets: the RELATIVE rule c_j > 3 / N_keys (Rulli et al.'s threshold of 3), and the
-  STRICT rule that also asks for a value norm below the mean of the row's keys, so a content
-  hub (a well-attended token with a large value) is not mistaken for a no-op sink;
-- value norms ||v_j|| (mean over heads) of the top sinks and of the other positions.
+  STRICT rule that also asks for a value norm ||v_j|| below that head's mean over the real
+  content keys, so a content hub (a well-attended token with a large value) is not mistaken for
+  a no-op sink;
+- the top key's value norm over that head's mean over real content keys.
 
-Summaries: top-sink switch rate between consecutive steps, Jaccard overlap of consecutive
-relative sink sets, distinct top-sink positions, the kind of token the top sink is ([MASK],
-punctuation/space, prompt, committed response token), mass on [SINK], value-norm ratio.
+Summaries, each over the (step, layer, sample, head) cases where it means something, with the
+number of such cases beside it:
+- switch rate: the top key changes between consecutive steps, over the pairs where the top key
+  is a (relative) sink at BOTH steps (a head without a sink has no sink to switch);
+- Jaccard of consecutive relative sink sets, over the pairs whose union is not empty (two empty
+  sets say nothing about movement);
+- distinct top sinks: per head, distinct positions among the steps where its top key is a sink,
+  averaged over the heads that have such a step;
+- sinks per head (relative, strict) and the top key's kind ([MASK], punctuation/space, prompt,
+  committed response token) and value-norm ratio, over every case; mass on [SINK].
 The probe only observes (generate(..., observe=True)); it changes no token (tested).
 """
 from collections import Counter
@@ -35,7 +43,8 @@ class SinkProbe:
         self.snapshot_steps, self.snapshots = set(snapshot_steps), {}  # step -> (n, L, S+L), row 0
         self.sink = int(model.cfg.sink)
         self.prompt_lens = list(prompt_lens)  # real prompt length of each row (without padding)
-        self.top, self.sets, self.strict_sets, self.kinds, self.top_mean = [], [], [], [], []
+        self.top, self.top_is_sink, self.sets, self.strict_sets = [], [], [], []
+        self.kinds, self.top_mean = [], []
         self.sink_mass, self.norm_ratio = [], []
         punct = [tokenizer.is_punctuation_token(i) or tokenizer.is_whitespace_token(i)
                  for i in range(tokenizer.vocab_size)]
@@ -51,18 +60,20 @@ class SinkProbe:
         weights = real[None, :, None, :, None].to(attn.dtype)
         col = (attn * weights).sum(3) / real.sum(1)[None, :, None, None]          # (n, B, H, S+L)
         content = col[..., self.sink:]                                            # (n, B, H, L)
-        norms = torch.stack(cache.value_norms)[..., self.sink:]                   # (n, B, L)
+        real_keys = real[None, :, None, :]                                        # (1, B, 1, L)
+        norms = torch.stack(cache.value_norms)[..., self.sink:]                   # (n, B, H, L)
+        mean_norm = (norms * real_keys).sum(-1, keepdim=True) / real.sum(1)[None, :, None, None]
         n_keys = real.sum(1)[None, :, None, None] + self.sink
-        is_sink = (content > self.relative / n_keys) & real[None, :, None, :]
-        below = norms < (norms * real[None]).sum(-1, keepdim=True) / real.sum(1)[None, :, None]
-        top = content.masked_fill(~real[None, :, None, :], -1).argmax(-1)         # (n, B, H)
+        is_sink = (content > self.relative / n_keys) & real_keys
+        top = content.masked_fill(~real_keys, -1).argmax(-1)                      # (n, B, H)
         self.top.append(top.cpu())
+        self.top_is_sink.append(is_sink.gather(-1, top[..., None])[..., 0].cpu())
         self.sets.append(is_sink.cpu())
-        self.strict_sets.append((is_sink & below[:, :, None, :]).cpu())
+        self.strict_sets.append((is_sink & (norms < mean_norm)).cpu())
         if self.sink:
             self.sink_mass.append(col[..., 0].cpu())                              # (n, B, H)
-        top_norm = norms[:, :, None, :].expand_as(content).gather(-1, top[..., None])[..., 0]
-        self.norm_ratio.append((top_norm / norms.mean(-1, keepdim=True)).cpu())   # (n, B, H)
+        top_norm = norms.gather(-1, top[..., None])[..., 0]
+        self.norm_ratio.append((top_norm / mean_norm[..., 0]).cpu())              # (n, B, H)
         self.kinds.append(self._kinds(x, top, max(self.prompt_lens)))
         head_mean = content.mean(2).masked_fill(~real[None], -1)                  # (n, B, L)
         self.top_mean.append(head_mean.argmax(-1).cpu())
@@ -80,22 +91,30 @@ class SinkProbe:
 
     def summary(self) -> dict:
         top = torch.stack(self.top)                 # (S, n, B, H)
+        top_is_sink = torch.stack(self.top_is_sink)
         sets = torch.stack(self.sets)               # (S, n, B, H, L)
         strict = torch.stack(self.strict_sets)
-        switch = (top[1:] != top[:-1]).float()
-        inter = (sets[1:] & sets[:-1]).sum(-1).float()
-        union = (sets[1:] | sets[:-1]).sum(-1).float()
-        jaccard = torch.where(union > 0, inter / union.clamp_min(1), torch.ones(()))
-        distinct = torch.tensor([[[len(set(top[:, l, b, h].tolist())) for h in range(top.shape[3])]
-                                  for b in range(top.shape[2])] for l in range(top.shape[1])]).float()
+        both = top_is_sink[1:] & top_is_sink[:-1]   # consecutive steps with a sink at the top
+        switch = (top[1:] != top[:-1]) & both
+        union = (sets[1:] | sets[:-1]).sum(-1)
+        inter = (sets[1:] & sets[:-1]).sum(-1)
+        jaccard = inter[union > 0].double() / union[union > 0]
+        distinct = [len(set(top[top_is_sink[:, l, b, h], l, b, h].tolist()))
+                    for l in range(top.shape[1]) for b in range(top.shape[2]) for h in range(top.shape[3])]
+        distinct = [d for d in distinct if d]
         kinds = Counter(torch.stack(self.kinds).flatten().tolist())
         total = sum(kinds.values())
+        ratio = lambda num, den: num / den if den else float("nan")
         out = {
             "steps": top.shape[0],
-            "switch_rate": switch.mean().item() if len(switch) else 0.0,
-            "switch_rate_by_layer": switch.mean((0, 2, 3)).tolist() if len(switch) else [],
-            "jaccard": jaccard.mean().item() if len(jaccard) else 1.0,
-            "distinct_top_sinks": distinct.mean().item(),
+            "switch_rate": ratio(switch.sum().item(), both.sum().item()),
+            "switch_pairs": both.sum().item(),
+            "switch_rate_by_layer": [ratio(switch[:, l].sum().item(), both[:, l].sum().item())
+                                     for l in range(top.shape[1])],
+            "jaccard": jaccard.mean().item() if len(jaccard) else float("nan"),
+            "jaccard_pairs": len(jaccard),
+            "distinct_top_sinks": ratio(sum(distinct), len(distinct)),
+            "heads_with_a_sink": ratio(len(distinct), top[0].numel()),
             "relative_sinks_per_head": sets.sum(-1).float().mean().item(),
             "strict_sinks_per_head": strict.sum(-1).float().mean().item(),
             "top_sink_kind": {k: kinds.get(i, 0) / total for i, k in enumerate(KINDS)},
@@ -193,11 +212,14 @@ def describe(probe: SinkProbe, prompt_len: int) -> str:
         lines.append(f"  layer {layer + 1:2d}: {run_lengths(positions)}")
     s = probe.summary()
     kinds = ", ".join(f"{k} {v:.0%}" for k, v in s["top_sink_kind"].items())
-    lines.append(f"switch rate {s['switch_rate']:.1%} per step | Jaccard of consecutive sink sets "
-                 f"{s['jaccard']:.2f} | distinct top sinks {s['distinct_top_sinks']:.1f} per head")
+    lines.append(f"switch rate {s['switch_rate']:.1%} per step (of {s['switch_pairs']} step pairs with a sink "
+                 f"on top at both) | Jaccard of consecutive sink sets {s['jaccard']:.2f} (of {s['jaccard_pairs']} "
+                 f"pairs not both empty)")
+    lines.append(f"distinct top sinks {s['distinct_top_sinks']:.1f} per head, over the "
+                 f"{s['heads_with_a_sink']:.0%} of heads whose top key is ever a sink")
     lines.append(f"sinks per head: {s['relative_sinks_per_head']:.1f} (c_j > 3/N), "
                  f"{s['strict_sinks_per_head']:.1f} (and value norm below the mean) | top sink is: {kinds}")
-    lines.append(f"top sink value norm / mean value norm: {s['top_sink_value_norm_ratio']:.2f}")
+    lines.append(f"top key's value norm / its head's mean over real keys: {s['top_sink_value_norm_ratio']:.2f}")
     if "sink_mass" in s:
         by_layer = " ".join(f"{m:.0%}" for m in s["sink_mass_by_layer"])
         lines.append(f"attention mass on [SINK]: {s['sink_mass']:.1%} (by layer: {by_layer})")
