@@ -40,35 +40,37 @@ from minidlm.sampler import SamplerConfig, generate
 FEATURE = dict(cache="feature", cache_kr=7, cache_rho=0.25)
 CTAE = dict(ctae=True)
 CTEV = dict(ctev=True)
-ROWS = [  # (name, sampler settings, CoTA settings)
-    ("none", {}, {}),
-    ("prefix", dict(cache="prefix"), {}),
-    ("dual", dict(cache="dual"), {}),
-    ("feature K_r 1", {**FEATURE, "cache_kr": 1}, {}),
-    ("feature K_r 3", {**FEATURE, "cache_kr": 3}, {}),
-    ("feature K_r 7, rho 0.25", FEATURE, {}),
-    ("feature rho 0", {**FEATURE, "cache_rho": 0.0}, {}),
-    ("feature rho 0.75", {**FEATURE, "cache_rho": 0.75}, {}),
-    ("feature + CTAE", FEATURE, CTAE),
-    ("feature + CTEV", FEATURE, CTEV),
-    ("feature + CoTA (paper)", FEATURE, {**CTAE, **CTEV}),
-    ("feature + CTEV context (authors' later)", FEATURE, dict(ctev=True, ctev_mode="context",
-                                                              ctev_window=5, ctev_lambda=0.25)),
-    ("feature + CTAR (authors' later)", FEATURE, dict(ctar=True)),
-    ("feature + CTAR + CTEV context (authors' later CoTA)", FEATURE,
-     dict(ctar=True, ctev=True, ctev_mode="context", ctev_window=5, ctev_lambda=0.25)),
-    ("feature, stale-first refresh (ours)", {**FEATURE, "cache_stale_first": True}, {}),
-    ("none + CoTA (paper)", {}, {**CTAE, **CTEV}),
-]
-SWEEP_ROWS = [  # --sweep: the paper's method at other strengths (the release's constants included)
-    ("feature K_r 7, rho 0.25", FEATURE, {}),
-    ("feature + CTAE tau 2, gamma 0.75 (release)", FEATURE, dict(ctae=True, ctae_tau=2.0, ctae_gamma=0.75)),
-    ("feature + CTAE tau 2, gamma 0.1 (strong)", FEATURE, dict(ctae=True, ctae_tau=2.0, ctae_gamma=0.1)),
-    ("feature + CTEV lambda 0.25 (release)", FEATURE, dict(ctev=True, ctev_lambda=0.25)),
-    ("feature + CTEV lambda 0.25, w 0", FEATURE, dict(ctev=True, ctev_lambda=0.25, ctev_window=0)),
-    ("feature + CoTA release constants", FEATURE, dict(ctae=True, ctae_tau=2.0, ctae_gamma=0.75,
-                                                       ctev=True, ctev_lambda=0.25)),
-]
+CTEV_CONTEXT = dict(ctev=True, ctev_mode="context", ctev_window=5, ctev_lambda=0.25)
+ROWS = {  # stable key: (label in the table, sampler settings, CoTA settings)
+    "none": ("none", {}, {}),
+    "prefix": ("prefix", dict(cache="prefix"), {}),
+    "dual": ("dual", dict(cache="dual"), {}),
+    "feature-kr1": ("feature K_r 1", {**FEATURE, "cache_kr": 1}, {}),
+    "feature-kr3": ("feature K_r 3", {**FEATURE, "cache_kr": 3}, {}),
+    "feature": ("feature K_r 7, rho 0.25", FEATURE, {}),
+    "feature-rho0": ("feature rho 0", {**FEATURE, "cache_rho": 0.0}, {}),
+    "feature-rho0.75": ("feature rho 0.75", {**FEATURE, "cache_rho": 0.75}, {}),
+    "feature+ctae": ("feature + CTAE", FEATURE, CTAE),
+    "feature+ctev": ("feature + CTEV", FEATURE, CTEV),
+    "feature+cota": ("feature + CoTA (paper)", FEATURE, {**CTAE, **CTEV}),
+    "feature+ctev-context": ("feature + CTEV context (authors' later)", FEATURE, CTEV_CONTEXT),
+    "feature+ctar": ("feature + CTAR (authors' later)", FEATURE, dict(ctar=True)),
+    "feature+ctar+ctev-context": ("feature + CTAR + CTEV context (authors' later CoTA)", FEATURE,
+                                  dict(ctar=True, **CTEV_CONTEXT)),
+    "stale-first": ("feature, stale-first refresh (ours)", {**FEATURE, "cache_stale_first": True}, {}),
+    "none+cota": ("none + CoTA (paper)", {}, {**CTAE, **CTEV}),
+}
+SWEEP_ROWS = {  # --sweep: the paper's method at other strengths (the release's constants included)
+    "feature": ("feature K_r 7, rho 0.25", FEATURE, {}),
+    "ctae-release": ("feature + CTAE tau 2, gamma 0.75 (release)", FEATURE,
+                     dict(ctae=True, ctae_tau=2.0, ctae_gamma=0.75)),
+    "ctae-strong": ("feature + CTAE tau 2, gamma 0.1 (strong)", FEATURE, dict(ctae=True, ctae_tau=2.0, ctae_gamma=0.1)),
+    "ctev-release": ("feature + CTEV lambda 0.25 (release)", FEATURE, dict(ctev=True, ctev_lambda=0.25)),
+    "ctev-w0": ("feature + CTEV lambda 0.25, w 0", FEATURE, dict(ctev=True, ctev_lambda=0.25, ctev_window=0)),
+    "cota-release": ("feature + CoTA release constants", FEATURE, dict(ctae=True, ctae_tau=2.0, ctae_gamma=0.75,
+                                                                      ctev=True, ctev_lambda=0.25)),
+}
+HEADLINE = "none,dual,feature,feature+cota,feature+ctar+ctev-context,stale-first,none+cota"  # README's rows
 COLUMNS = ["ARR", "SRR", "MRL", "seq_rep_2", "distinct_2", "length", "adj_commit", "grammatical", "tok_s"]
 PERCENT = ("ARR", "SRR", "seq_rep_2", "distinct_2", "adj_commit", "grammatical")
 
@@ -122,8 +124,7 @@ def score(tok, outputs, orders, grammar: bool):
     return metrics
 
 
-FLOW_ROWS = [("none", {}, {}), ("feature K_r 7, rho 0.25", FEATURE, {}),
-             ("feature + CoTA (paper)", FEATURE, {**CTAE, **CTEV})]
+FLOW_ROWS = [ROWS[key] for key in ("none", "feature", "feature+cota")]
 
 
 def information_flow(model, tok, prompts, gen_length, batch_size):
@@ -222,7 +223,9 @@ def build_parser():
     p.add_argument("--seeds", type=SEED, nargs="+", default=[0, 1], help="one prompt set per seed")
     p.add_argument("--gen-length", type=positive_int, default=64)
     p.add_argument("--batch-size", type=number(int, 1, 4096), default=50)
-    p.add_argument("--rows", default=None, help="comma-separated substrings: run only matching rows")
+    p.add_argument("--rows", default=None, help="comma-separated row keys, run in this order (default: all; "
+                   f"keys: {', '.join(ROWS)}; with --sweep: {', '.join(SWEEP_ROWS)}; "
+                   f"the README's headline rows: {HEADLINE})")
     p.add_argument("--json", default="results/repeat_study.json", help="where to write the JSON rows")
     p.add_argument("--device", default="auto")
     p.add_argument("--flow-prompts", type=number(int, 0, 100000), default=30,
@@ -278,9 +281,11 @@ def main():
     except (ValueError, CheckpointError, CorpusError) as e:
         die(str(e))
     grammar = args.data is None
-    rows = [r for r in (SWEEP_ROWS if args.sweep else ROWS) if args.rows is None or any(s.strip() in r[0] for s in args.rows.split(","))]
-    if not rows:
-        die(f"--rows {args.rows!r} matches no row")
+    table = SWEEP_ROWS if args.sweep else ROWS
+    keys = list(table) if args.rows is None else [k.strip() for k in args.rows.split(",")]
+    unknown = [k for k in keys if k not in table]
+    if unknown:
+        die(f"--rows: no row {unknown[0]!r}; the rows are {', '.join(table)}")
     columns = COLUMNS if grammar else [c for c in COLUMNS if c != "grammatical"]
     limit = models[0].cfg.max_seq_len - args.gen_length
     if limit < 2:
@@ -288,11 +293,12 @@ def main():
             f"{models[0].cfg.max_seq_len}-token context")
     prompt_sets = [study_prompts(tok, val_docs, seed, args.prompts, limit) for seed in args.seeds]
     results = []
-    for name, settings, cota in rows:
-        row = {"mode": name, **study_row(models, tok, prompt_sets, args.gen_length, settings, cota,
+    for key in keys:
+        name, settings, cota = table[key]
+        row = {"key": key, "mode": name, **study_row(models, tok, prompt_sets, args.gen_length, settings, cota,
                                          args.batch_size, grammar), "settings": settings, "cota": cota}
         results.append(row)
-        print(f"[{len(results)}/{len(rows)}] {name}: ARR {100 * row['ARR']:.2f} % SRR "
+        print(f"[{len(results)}/{len(keys)}] {name}: ARR {100 * row['ARR']:.2f} % SRR "
               f"{100 * row['SRR']:.1f} % ({row['tok_s']:.0f} tok/s)", file=sys.stderr, flush=True)
     meta = {"checkpoints": args.checkpoint, "seeds": args.seeds, "prompts": args.prompts,
             "gen_length": args.gen_length}

@@ -29,6 +29,7 @@ from minidlm.checkpoint import CheckpointError, atomic_save, load_model, read
 from minidlm.data import fixed_windows, load_documents, token_stream
 from minidlm.diffusion import evaluate_nelbo, unigram_entropy_bits
 from minidlm.cli import ArgumentParser, die, preflight, run_main
+from repeat_study import HEADLINE
 
 PY = sys.executable
 SHIPPED = ["checkpoints/tiny.pt", "checkpoints/tiny-sink.pt"]
@@ -48,7 +49,7 @@ def stages(quick: bool, figures: bool):
     plot = lambda folder: ["--plot", folder] if figures else []
     if quick:
         study = ["repeat_study.py", "--prompts", "16", "--seeds", "0", "--flow-prompts", "8",
-                 "--rows", "none,dual,feature K_r 7,feature + CoTA (paper),CTAR + CTEV,stale-first"]
+                 "--rows", "none,dual,feature,feature+cota,feature+ctar+ctev-context,stale-first"]
     else:
         study = ["repeat_study.py"]
     ablations = [("The training-recipe ablation, " + what + " (saved rows; rerun with `python ablation.py"
@@ -83,8 +84,8 @@ def stages(quick: bool, figures: bool):
          "Single block, one token per step, greedy: the authors' protocol."),
         *([("The Repeat Curse over 3 model seeds (saved rows; remeasure with --seeds)",
             ["repeat_study.py", "--from-json", REPEAT_SEEDS],
-            "The same study on the three baseline seed runs of the default recipe (`python train_tiny.py "
-            "--seed S`), one prompt set of 100 prompts each: mean +- sd over the models.")]
+            "The headline rows of the same study on the three baseline seed runs of the default recipe "
+            "(`python train_tiny.py --seed S`), the same two prompt sets for each: mean +- sd over the models.")]
           if os.path.exists(REPEAT_SEEDS) and not quick else []),
     ]
 
@@ -146,7 +147,7 @@ def seed_runs(log):
     arms = [f"--arm={arm}={','.join(p)}" for arm, p in paths.items()]
     run_stage(1, 2, "measure the seed runs", ["sink_compare.py", *arms, "--json", "results/sink_seeds.json"], log)
     run_stage(2, 2, "the Repeat Curse over the baseline seeds",
-              ["repeat_study.py", "--checkpoint", *paths["baseline"], "--seeds", "0", "--flow-prompts", "0",
+              ["repeat_study.py", "--checkpoint", *paths["baseline"], "--rows", HEADLINE, "--flow-prompts", "0",
                "--json", REPEAT_SEEDS], log)
 
 
