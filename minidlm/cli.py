@@ -69,19 +69,24 @@ positive_int = number(int, lo=1, hi=10**9)
 SEED = number(int, lo=0, hi=2**63 - 1)  # what torch.Generator.manual_seed takes
 
 
-def write_json(path: str, obj):
-    """Write `obj` as indented JSON, creating the folder if needed; atomically (a temporary file
-    renamed over the target), so an interrupted run never leaves half a file."""
+def write_text(path: str, write):
+    """Call write(f) on a text file for `path`, creating the folder if needed; atomically (a
+    temporary file renamed over the target), so an interrupted run never leaves half a file."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".json")
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.splitext(path)[1])
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=1)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            write(f)
         os.replace(tmp, path)
     except BaseException:
         os.remove(tmp)
         raise
+
+
+def write_json(path: str, obj):
+    """Write `obj` as indented JSON, atomically (`write_text`)."""
+    write_text(path, lambda f: json.dump(obj, f, indent=1))
 
 
 def check_writable(path: str):

@@ -266,3 +266,13 @@ def test_a_save_that_fails_half_way_leaves_the_old_file_and_no_debris(writer, tm
         call()
     assert path.read_bytes() == b"the previous version"
     assert os.listdir(tmp_path) == [path.name]
+
+
+def test_prose_writes_the_documentation_that_ships_with_python(tmp_path):
+    out = tmp_path / "sub" / "pydoc.txt"
+    r = subprocess.run([sys.executable, "-m", "minidlm.prose", "pydoc", str(out)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert len(out.read_text(encoding="utf-8")) > 10_000
+    assert_clean_error(subprocess.run([sys.executable, "-m", "minidlm.prose", "pydoc", str(tmp_path)],
+                                      cwd=ROOT, capture_output=True, text=True), "folder")
