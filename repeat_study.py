@@ -57,6 +57,8 @@ ROWS = {  # stable key: (label in the table, sampler settings, CoTA settings)
     "feature+ctar": ("feature + CTAR (authors' later)", FEATURE, dict(ctar=True)),
     "feature+ctar+ctev-context": ("feature + CTAR + CTEV context (authors' later CoTA)", FEATURE,
                                   dict(ctar=True, **CTEV_CONTEXT)),
+    "feature-fresh-v": ("feature, fresh V of every row (dLLM-Cache's LLaDA hook)",
+                        {**FEATURE, "cache_fresh_values": True}, {}),
     "stale-first": ("feature, stale-first refresh (ours)", {**FEATURE, "cache_stale_first": True}, {}),
     "none+cota": ("none + CoTA (paper)", {}, {**CTAE, **CTEV}),
 }

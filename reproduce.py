@@ -3,7 +3,7 @@
     python reproduce.py             # 10-20 minutes on a 2-core laptop CPU -> results/REPORT.md
     python reproduce.py --quick     # the classroom version, a few minutes -> results/quick/REPORT.md
     python reproduce.py --retrain   # first retrain the shipped models with their recorded commands
-    python reproduce.py --seeds     # also retrain the 3-seed runs: sink comparison, Repeat Curse (~2 hours)
+    python reproduce.py --seeds     # also retrain the 3-seed runs: sink comparison, Repeat Curse (~90 min)
 
 Each stage is one of the repo's own commands, run as a subprocess exactly as printed in the
 report, so any table can be rerun alone. Their progress goes to the terminal; their stdout (the
@@ -11,9 +11,9 @@ tables) goes into the report. Figures go to docs/ (results/quick/ with --quick) 
 is installed (the plot extra). The README's tables are copied from results/REPORT.md, and
 tests/test_readme.py checks that every one of them is still there, so the two cannot drift.
 
-The 3-seed sink table needs nine training runs that are not shipped (runs/ is not in git): its
-rows are kept in results/sink_seeds.json, printed again by every run of this script, and
-remeasured only with --seeds.
+The 3-seed tables need six training runs that are not shipped (runs/ is not in git): their rows
+are kept in results/sink_seeds.json and results/repeat_seeds.json, printed again by every run of
+this script, and remeasured only with --seeds.
 """
 import math
 import os
@@ -33,8 +33,7 @@ from repeat_study import HEADLINE
 
 PY = sys.executable
 SHIPPED = ["checkpoints/tiny.pt", "checkpoints/tiny-sink.pt"]
-SEED_ARMS = {"baseline": ("base", []), "sink": ("sink", ["--sink"]),  # arm: (file prefix, flags)
-             "sink, no rotation": ("norot", ["--sink", "--sink-no-rotation"])}
+SEED_ARMS = {"baseline": ("base", []), "sink": ("sink", ["--sink"])}  # arm: (file prefix, flags)
 SEEDS = (0, 1, 2)
 REPEAT_SEEDS = "results/repeat_seeds.json"
 ABLATIONS = [("embedded corpus", "results/ablation.json", ""),  # (what, saved rows, ablation.py flags)
@@ -77,9 +76,8 @@ def stages(quick: bool, figures: bool):
          "Quality and sink behaviour of tiny.pt and tiny-sink.pt (same budget, data and seed)."),
         ("Baseline vs [SINK] over 3 seeds (saved rows; remeasure with --seeds)",
          ["sink_compare.py", "--from-json", "results/sink_seeds.json"] + plot(os.path.join(docs, "seeds")),
-         "Nine runs of the FIRST round's `python train_tiny.py --seed S` (AdamW, 800 x 16 x 256), three "
-         "per arm, measured with the first round's biased NELBO estimator (fixed grid of masked counts, "
-         "8 samples): not yet remeasured with the new recipe and estimator (`--seeds` does both)."),
+         "Six runs of the default `python train_tiny.py --seed S [--sink]` (1,000 x 8 x 256 tokens), "
+         "three per arm; NELBO on 32 windows x 8 samples, the probe over 16 held-out prompts."),
         ("The Repeat Curse and CoTA", study + ["--json", f"{out}/repeat_study.json"] + plot(docs),
          "Single block, one token per step, greedy: the authors' protocol."),
         *([("The Repeat Curse over 3 model seeds (saved rows; remeasure with --seeds)",
@@ -197,7 +195,7 @@ def build_parser():
     p.add_argument("--retrain", action="store_true",
                    help="first retrain the shipped checkpoints with their recorded commands (about an hour)")
     p.add_argument("--seeds", action="store_true",
-                   help="retrain the nine 3-seed runs and remeasure the sink comparison and the Repeat Curse over them (about 2 hours)")
+                   help="retrain the six 3-seed runs and remeasure the sink comparison and the Repeat Curse over them (about 90 minutes)")
     return p
 
 

@@ -43,6 +43,9 @@ def build_parser():
     p.add_argument("--cache-kr", type=positive_int, default=s.cache_kr, help="feature cache: response refresh interval K_r")
     p.add_argument("--cache-rho", type=number(float, 0, 1), default=s.cache_rho,
                    help="feature cache: fraction of response rows refreshed on other steps")
+    p.add_argument("--cache-fresh-values", action="store_true",
+                   help="feature cache: on partial steps attend to every response row's fresh V "
+                        "(dLLM-Cache's own LLaDA hook), not only the refreshed rows' (the default)")
     p.add_argument("--cache-stale-first", action="store_true",
                    help="feature cache (ours, not dLLM-Cache): spend the rho budget first on rows "
                         "next to tokens committed since they were last computed")
@@ -106,6 +109,7 @@ def main():
                         temperature=args.temperature, remasking=args.remasking, cache=args.cache,
                         cache_kp=args.cache_kp, cache_kr=args.cache_kr, cache_rho=args.cache_rho,
                         compile=args.compile, cache_stale_first=args.cache_stale_first,
+                        cache_fresh_values=args.cache_fresh_values,
                         cota=CoTAConfig(ctae=args.cota or args.ctae, ctae_tau=args.ctae_tau,
                                         ctae_gamma=args.ctae_gamma, ctev=args.cota or args.ctev,
                                         ctev_lambda=args.ctev_lambda, ctev_window=args.ctev_window,

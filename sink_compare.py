@@ -37,6 +37,7 @@ METRICS = ["nelbo", "grammatical", "switch_rate", "jaccard", "strict_sinks", "va
            "sink_mass"]
 
 
+@torch.no_grad()
 def measure(path, device, val_docs, args):
     model, tok, meta = load_model(path, device)
     windows = fixed_windows(token_stream(tok, val_docs), model.cfg.max_seq_len, args.windows).to(device)
@@ -165,42 +166,8 @@ def build_parser():
     return p
 
 
-def main():
-    args = build_parser().parse_args()
-    preflight(outputs=[args.json], folders=[args.plot], inputs=[args.from_json])
-    if args.plot:
-        require_plot_extra()
-    if args.from_json:
-        try:
-            with open(args.from_json) as f:
-                rows = json.load(f)
-        except (OSError, ValueError):
-            rows = None
-        if not (isinstance(rows, list) and all(isinstance(r, dict) and "model" in r and "checkpoints" in r
-                                               for r in rows)):
-            die(f"{args.from_json} is not a comparison written by sink_compare.py --json")
-    else:
-        rows = measure_arms(args)
-    names = ["NELBO bits/token", "grammatical %", "switch rate %", "Jaccard", "strict sinks/head",
-             "top-sink value norm / mean", "mass on [SINK] %"]
-    print("| model | seeds | " + " | ".join(names) + " |")
-    print("|---" * (len(names) + 2) + "|")
-    for row in rows:
-        print(f"| {row['model']} | {len(row['checkpoints'])} | " + " | ".join(cell(row, m) for m in METRICS) + " |")
-    table = curve_table(rows)
-    if table:
-        print("\nEmergence during training (train_tiny.py's log; mean over seeds):")
-        print(table)
-        print("\nAt the end of training, per checkpoint:")
-        print(final_points_table(rows))
-        if args.plot:
-            print(f"wrote {plot_curves(rows, args.plot)}", file=sys.stderr)
-    if args.json and not args.from_json:
-        write_json(args.json, rows)
-        print(f"wrote {args.json}", file=sys.stderr)
-
-
 def measure_arms(args):
+    """Measure every checkpoint of every arm; one aggregated row per arm."""
     arms = DEFAULT_ARMS
     if args.arm:
         try:
@@ -225,6 +192,48 @@ def measure_arms(args):
     return rows
 
 
+def load_saved(path):
+    """Rows written earlier by --json."""
+    try:
+        with open(path) as f:
+            rows = json.load(f)
+    except (OSError, ValueError):
+        rows = None
+    if not (isinstance(rows, list) and all(isinstance(r, dict) and "model" in r and "checkpoints" in r
+                                           for r in rows)):
+        die(f"{path} is not a comparison written by sink_compare.py --json")
+    return rows
+
+
+def print_tables(rows, plot_folder):
+    """The comparison table, then the emergence curves when the checkpoints logged them."""
+    names = ["NELBO bits/token", "grammatical %", "switch rate %", "Jaccard", "strict sinks/head",
+             "top-sink value norm / mean", "mass on [SINK] %"]
+    print("| model | seeds | " + " | ".join(names) + " |")
+    print("|---" * (len(names) + 2) + "|")
+    for row in rows:
+        print(f"| {row['model']} | {len(row['checkpoints'])} | " + " | ".join(cell(row, m) for m in METRICS) + " |")
+    table = curve_table(rows)
+    if table:
+        print("\nEmergence during training (train_tiny.py's log; mean over seeds):")
+        print(table)
+        print("\nAt the end of training, per checkpoint:")
+        print(final_points_table(rows))
+        if plot_folder:
+            print(f"wrote {plot_curves(rows, plot_folder)}", file=sys.stderr)
+
+
+def main():
+    args = build_parser().parse_args()
+    preflight(outputs=[args.json], folders=[args.plot], inputs=[args.from_json])
+    if args.plot:
+        require_plot_extra()
+    rows = load_saved(args.from_json) if args.from_json else measure_arms(args)
+    print_tables(rows, args.plot)
+    if args.json and not args.from_json:
+        write_json(args.json, rows)
+        print(f"wrote {args.json}", file=sys.stderr)
+
+
 if __name__ == "__main__":
-    with torch.no_grad():
-        run_main(main)
+    run_main(main)

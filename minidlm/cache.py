@@ -11,48 +11,42 @@ returning the logits of the current block's columns; the model never knows which
   the cached prefix (prompt + finished blocks).
 - DualCache (Fast-dLLM): as above, but later steps recompute only the current block (a fixed
   `block_length` of queries); the suffix's K/V stay as they were at the block's start.
-- FeatureCache (dLLM-Cache, arXiv 2506.06295): per layer it keeps K, V, the attention output and
-  the FFN output of every row. With a step counter s, prompt rows are recomputed when
+- FeatureCache (dLLM-Cache, arXiv 2506.06295): per layer it keeps K, V, the attention output A
+  and the FFN output F of every row. With a step counter s, prompt rows are recomputed when
   (s - 1) % K_p == 0 and response rows when (s - 1) % K_r == 0. On other steps each layer takes
-  the fresh V projection of the response rows, and recomputes attention and FFN only for the
-  int(rho * gen_length) rows whose V is least similar (cosine) to the cached V; every other row
-  reuses its cached outputs. Reusing RESPONSE features is what causes the Repeat Curse
-  (arXiv 2601.20520).
-  Option `stale_first` (ours, not dLLM-Cache): spend the same rho budget FIRST on rows whose
-  +-1 neighbourhood (themselves included) gained a committed token since that layer last computed
-  them, then on the least similar rows. The similarity rule misses exactly those rows: a
-  just-committed neighbour leaves a row's own V almost unchanged, and in layer 0 every [MASK]
-  row has the same V, so ties decide.
-  With CoTA's CTAR (cota.py) the deep-band layers get an extra budget of (2w + 1) rows per token
-  committed in a step and put rows whose +-w neighbourhood changed since their last compute first:
-  every such row is recomputed (the budget covers all of them), the rest goes by similarity.
+  the fresh V of the response rows and recomputes attention and FFN only for the rows its refresh
+  policy picks (refresh.py; dLLM-Cache's: the int(rho * gen_length) rows whose fresh V is least
+  similar to the cached V); every other row reuses its cached outputs, h_{l+1} = h_l + A_l + F_l.
+  On a partial step the attention sees the refreshed rows' own fresh V (the CoTA authors' LLaDA-V
+  hook; our default) or every response row's (`fresh_values=True`, dLLM-Cache's LLaDA hook).
+  Reusing RESPONSE features causes the Repeat Curse (arXiv 2601.20520).
 
-For CoTA's CTEV a cache also keeps, in `hidden`, the residual stream after each layer in
+For CoTA's CTEV a cache also keeps, in `hidden[layer]`, the residual stream after each layer in
 `keep_hidden` for EVERY canvas position: the states the model actually used at this step, stale
-ones included (for rows a cache did not recompute, their last computed state). With
-`observe=True` it keeps every layer's state, in `attention` the attention weights in effect for
-every row (B, H, L, S + L) per layer, and in `value_norms` each head's ||v_j|| for every key
-(B, H, S + L) per layer, for the probes; observing changes no computation.
+ones included. With `observe=True` it keeps every layer's state, in `attention` the attention
+weights in effect for every row (B, H, L, S + L) per layer, and in `value_norms` each head's
+||v_j|| for every key (B, H, S + L) per layer, for the probes; observing changes no computation.
 
 CUDA-friendly: buffers are allocated once per `generate` call and written in place: prefix and
 dual write one contiguous span of columns (a slice copy), the feature cache scatters its chosen
 rows (`scatter_`); the number of rows per step is a Python int fixed by the step's kind, so shapes
-are static; nothing here syncs with the host. `rows_computed[layer]` counts the rows that went through
-attention and FFN, so the work saved is visible, not only the time.
+are static; nothing here syncs with the host. `rows_computed[layer]` counts the rows that went
+through attention and FFN, so the work saved is visible, not only the time.
 """
-import math
 
 import torch
 import torch.nn.functional as F
 
 from .model import Trace
+from .refresh import LeastSimilar
 
 
 class KVBuffer:
-    """Preallocated K/V of [sink?; every position] for every layer, written at `rows`.
+    """Preallocated K/V of [sink?; every position] for every layer.
 
-    This is the object the model's `cache` seam talks to: `update(layer, k, v)` writes the fresh
-    keys/values of the current query rows, then returns the whole buffer to attend to."""
+    `update(layer, k, v, span=..., rows=...)` writes the fresh keys/values of the query rows
+    (the columns start..end-1 of every sample, or a (B, R) index) and returns the whole buffer
+    to attend to; `writer(span)` is the object the model's `cache` seam talks to."""
 
     def __init__(self, model, batch: int, length: int, dtype, device):
         cfg = model.cfg
@@ -65,51 +59,62 @@ class KVBuffer:
                 self.k[layer, :, :, :1] = k
                 self.v[layer, :, :, :1] = v
         self.num_keys = self.sink + length
-        self.rows = None  # (B, R) content positions of the current query rows
-        self.span = None  # (start, end) when the rows are that same range in every batch row
 
-    def update(self, layer: int, k, v):
-        if self.span is not None:  # a plain slice copy: several times cheaper than a scatter
-            start, end = self.span[0] + self.sink, self.span[1] + self.sink
+    def update(self, layer: int, k, v, span=None, rows=None):
+        if span is not None:  # a plain slice copy: several times cheaper than a scatter
+            start, end = span[0] + self.sink, span[1] + self.sink
             self.k[layer][:, :, start:end] = k
             self.v[layer][:, :, start:end] = v
         else:
-            index = (self.rows + self.sink)[:, None, :, None].expand_as(k)
+            index = (rows + self.sink)[:, None, :, None].expand_as(k)
             self.k[layer].scatter_(2, index, k)
             self.v[layer].scatter_(2, index, v)
         return self.k[layer], self.v[layer]
+
+    def writer(self, span=None, rows=None):
+        """For model(..., cache=...): the forward's query rows are the columns span = (start, end)
+        of every sample, or the (B, R) `rows`; their fresh K/V are written there."""
+        buffer = self
+
+        class Writer:
+            num_keys = buffer.num_keys
+
+            @staticmethod
+            def update(layer, k, v):
+                return buffer.update(layer, k, v, span=span, rows=rows)
+        return Writer
 
 
 class NoCache:
     """The reference: the whole sequence through the whole model at every step."""
 
-    def __init__(self, model, x, positions, bias_for, prompt_len, cfg, keep_hidden=(), observe=False):
+    def __init__(self, model, x, positions, bias_for, keep_hidden=(), observe=False):
         self.model, self.positions, self.bias_for = model, positions, bias_for
         self.batch, self.length = x.shape
         n_layer, H, S = model.cfg.n_layer, model.cfg.n_head, int(model.cfg.sink)
+        self.all_rows = torch.arange(self.length, device=x.device).expand(self.batch, -1)
         self.rows_computed = [0] * n_layer
-        self.keep_hidden = list(range(n_layer)) if observe else list(keep_hidden)
         dtype = next(model.parameters()).dtype
-        self.hidden = [torch.zeros(self.batch, self.length, model.cfg.d_model, dtype=dtype,
-                                   device=x.device) for _ in self.keep_hidden]
+        self.hidden = {layer: torch.zeros(self.batch, self.length, model.cfg.d_model, dtype=dtype,
+                                          device=x.device)
+                       for layer in (range(n_layer) if observe else keep_hidden)}
         self.observe = observe
         self.attention = [torch.zeros(self.batch, H, self.length, S + self.length, dtype=dtype,
                                       device=x.device) for _ in range(n_layer if observe else 0)]
         self.value_norms = [None] * (n_layer if observe else 0)
 
-    def count(self, rows: int):
-        self.rows_computed = [n + self.batch * rows for n in self.rows_computed]
-
-    def forward_rows(self, x, start: int, end: int, cache=None):
-        """Run canvas columns start..end-1 as queries; record the kept hidden states."""
-        self.count(end - start)
-        rows = None if (start, end) == (0, self.length) else cache.rows
-        trace = Trace(attention=self.observe) if self.keep_hidden else None
-        out = self.model(x[:, start:end], positions=self.positions[:, start:end], cache=cache,
+    def forward_rows(self, x, start: int, end: int, kv=None):
+        """Run canvas columns start..end-1 as queries (against `kv`, written at those columns);
+        record the kept hidden states and, when observing, the attention."""
+        self.rows_computed = [n + self.batch * (end - start) for n in self.rows_computed]
+        rows = None if (start, end) == (0, self.length) else self.all_rows[:, start:end]
+        trace = Trace(attention=self.observe) if self.hidden else None
+        out = self.model(x[:, start:end], positions=self.positions[:, start:end],
+                         cache=None if kv is None else kv.writer((start, end)),
                          attn_bias=self.bias_for(rows), trace=trace)
         if trace is None:
             return out
-        for buffer, layer in zip(self.hidden, self.keep_hidden):
+        for layer, buffer in self.hidden.items():
             buffer[:, start:end] = trace.hidden[layer]
         for buffer, weights in zip(self.attention, trace.attn):  # drop an uncached sink query row
             buffer[:, :, start:end] = weights[:, :, weights.shape[2] - (end - start):]
@@ -117,27 +122,22 @@ class NoCache:
             self.value_norms[layer] = values.norm(dim=-1)
         return out[0]
 
-    def full_forward(self, x, cache=None):
-        return self.forward_rows(x, 0, self.length, cache)
-
     def logits(self, x, lo, hi, block_start):
-        return self.full_forward(x)[:, lo:hi]
+        return self.forward_rows(x, 0, self.length)[:, lo:hi]
 
 
 class PrefixCache(NoCache):
     """Fast-dLLM prefix cache: refresh all K/V at a block's start, then run block + suffix."""
 
-    def __init__(self, model, x, positions, bias_for, prompt_len, cfg, keep_hidden=(), observe=False):
-        super().__init__(model, x, positions, bias_for, prompt_len, cfg, keep_hidden, observe)
+    def __init__(self, model, x, positions, bias_for, keep_hidden=(), observe=False):
+        super().__init__(model, x, positions, bias_for, keep_hidden, observe)
         self.kv = KVBuffer(model, self.batch, self.length, next(model.parameters()).dtype, x.device)
-        self.all_rows = torch.arange(self.length, device=x.device).expand(self.batch, -1)
 
     def query_span(self, lo, hi):
         return lo, self.length
 
     def logits(self, x, lo, hi, block_start):
         start, end = (0, self.length) if block_start else self.query_span(lo, hi)
-        self.kv.rows, self.kv.span = self.all_rows[:, start:end], (start, end)
         return self.forward_rows(x, start, end, self.kv)[:, lo - start:hi - start]
 
 
@@ -149,98 +149,70 @@ class DualCache(PrefixCache):
 
 
 class FeatureCache(NoCache):
-    """dLLM-Cache: per-layer K/V, attention and FFN outputs, refreshed every K_p / K_r steps."""
+    """dLLM-Cache: per-layer K/V, attention and FFN outputs, refreshed every K_p / K_r steps, and
+    in between only for the rows the refresh policy picks (int(rho * gen_length) per layer)."""
 
-    def __init__(self, model, x, positions, bias_for, prompt_len, cfg, keep_hidden=(), observe=False):
-        super().__init__(model, x, positions, bias_for, prompt_len, cfg, keep_hidden, observe)
+    def __init__(self, model, x, positions, bias_for, prompt_len: int, K_p: int, K_r: int, rho: float,
+                 policy=None, fresh_values=False, keep_hidden=(), observe=False):
+        super().__init__(model, x, positions, bias_for, keep_hidden, observe)
         dtype, device = next(model.parameters()).dtype, x.device
-        n_layer, d = model.cfg.n_layer, model.cfg.d_model
         self.kv = KVBuffer(model, self.batch, self.length, dtype, device)
-        self.attn_out = torch.zeros(n_layer, self.batch, self.length, d, dtype=dtype, device=device)
+        self.attn_out = torch.zeros(model.cfg.n_layer, self.batch, self.length, model.cfg.d_model,
+                                    dtype=dtype, device=device)
         self.ffn_out = torch.zeros_like(self.attn_out)
-        self.prompt_len, self.step = prompt_len, 0
-        self.K_p, self.K_r = cfg.cache_kp, cfg.cache_kr
-        self.n_partial = int(cfg.cache_rho * (self.length - prompt_len))  # rows per partial layer
-        rows = torch.arange(self.length, device=device).expand(self.batch, -1)
-        self.prompt_rows, self.response_rows = rows[:, :prompt_len], rows[:, prompt_len:]
-        self.stale_first = cfg.cache_stale_first
-        n_response = self.length - prompt_len
-        self.repair_layers = set(cfg.cota.deep_layers(n_layer)) if cfg.cota.ctar else set()
-        self.repair_window = cfg.cota.ctar_window
-        steps_per_block = cfg.steps // (cfg.gen_length // cfg.block_length)
-        per_step = math.ceil(cfg.block_length / steps_per_block)  # most tokens committed in one step
-        self.n_repair = min(n_response, self.n_partial + per_step * (2 * self.repair_window + 1))
-        self.previous = x.clone()  # the canvas at the last step, to see what was committed
-        self.changed_at = torch.zeros(self.batch, self.length, dtype=torch.long, device=device)
-        self.computed_at = torch.zeros(n_layer, self.batch, self.length, dtype=torch.long, device=device)
+        self.P, self.K_p, self.K_r, self.step = prompt_len, K_p, K_r, 0
+        self.n_partial = int(rho * (self.length - prompt_len))
+        self.policy = policy or LeastSimilar()
+        self.fresh_values = fresh_values
 
     def logits(self, x, lo, hi, block_start):
         self.step += 1
-        if self.stale_first or self.repair_layers:
-            self.changed_at.masked_fill_(x != self.previous, self.step)
-            self.previous.copy_(x)
-        refresh_prompt = (self.step - 1) % self.K_p == 0
-        refresh_response = (self.step - 1) % self.K_r == 0
-        parts = ([self.prompt_rows] if refresh_prompt else []) + \
-                ([self.response_rows] if refresh_response else [])
-        fixed = torch.cat(parts, dim=1) if parts else self.prompt_rows[:, :0]
-        h, (cos, sin) = self.model.embed_rows(x, self.positions)
+        self.policy.start_step(self.step, x)
+        P, S = self.P, self.kv.sink
+        refresh_prompt, refresh_response = (self.step - 1) % self.K_p == 0, (self.step - 1) % self.K_r == 0
+        due = ([self.all_rows[:, :P]] if refresh_prompt else []) + ([self.all_rows[:, P:]] if refresh_response else [])
+        due = torch.cat(due, dim=1) if due else self.all_rows[:, :0]
+        h, rope = self.model.embed_rows(x, self.positions)
         for layer, block in enumerate(self.model.blocks):
-            rows = fixed
-            if layer in self.repair_layers:  # CTAR: stale neighbourhoods first, larger budget
-                n, window = self.n_repair, self.repair_window
-            else:                            # dLLM-Cache (or ours, stale-first within +-1)
-                n, window = self.n_partial, 1 if self.stale_first else 0
-            if n > 0 and not refresh_response:
-                rows = torch.cat([fixed, self.least_similar_rows(layer, block, h, n, window)], dim=1)
+            rows, n = due, self.policy.budget(layer, self.n_partial)
+            if not refresh_response and (n > 0 or self.fresh_values):
+                fresh = block.attn.values(block.norm1(h[:, P:]))           # (B, H, G, head_dim)
+                cached = self.kv.v[layer][:, :, S + P:]
+                if n > 0:  # low similarity first
+                    similarity = F.cosine_similarity(fresh.transpose(1, 2).flatten(2),
+                                                     cached.transpose(1, 2).flatten(2), dim=-1)
+                    rows = torch.cat([due, self.policy.pick(layer, similarity, n) + P], dim=1)
+                if self.fresh_values:  # every response row's fresh V, in attention and next time
+                    cached.copy_(fresh)
             if rows.shape[1]:
-                h = self.run_rows(layer, block, h, rows, cos, sin)
+                h = self.recompute(layer, block, h, rows, rope)
             else:  # nothing to refresh in this layer: reuse both outputs for every row
                 h = h + self.attn_out[layer] + self.ffn_out[layer]
-            if layer in self.keep_hidden:
-                self.hidden[self.keep_hidden.index(layer)] = h
+            if layer in self.hidden:
+                self.hidden[layer] = h
         return self.model.head(self.model.norm(h[:, lo:hi]))
 
-    def least_similar_rows(self, layer, block, h, n, window):
-        """The n response rows whose fresh V is least similar to the cached V; with window > 0,
-        rows whose +-window neighbourhood changed since this layer computed them come first."""
-        P = self.prompt_len
-        w_v = block.attn.wqkv.weight[2 * self.model.cfg.d_model:]  # the V projection only
-        fresh = F.linear(block.norm1(h[:, P:]), w_v)                  # (B, G, d)
-        cached = self.kv.v[layer][:, :, self.kv.sink + P:].transpose(1, 2).flatten(2)
-        priority = F.cosine_similarity(fresh, cached, dim=-1)        # (B, G), low goes first
-        if window:  # neighbourhood changed after this layer computed the row: first
-            changed = F.max_pool1d(self.changed_at[:, None].float(), 2 * window + 1, stride=1,
-                                   padding=window)[:, 0]
-            stale = changed[:, P:] > self.computed_at[layer][:, P:]
-            # cosine similarity spans [-1, 1], a range of 2: subtracting 3 puts every stale row
-            # ahead of every fresh one, and keeps the similarity order within each group
-            priority = priority - 3.0 * stale
-        return priority.topk(n, dim=-1, largest=False).indices + P
-
-    def run_rows(self, layer, block, h, rows, cos, sin):
-        """Recompute attention and FFN for `rows` (B, R); reuse the cached outputs elsewhere."""
-        R, d = rows.shape[1], h.shape[-1]
+    def recompute(self, layer, block, h, rows, rope):
+        """Attention and FFN for `rows` (B, R) through the block's own branches; cached outputs
+        everywhere else."""
+        d = h.shape[-1]
         index = rows[:, :, None].expand(-1, -1, d)
-        rope_index = rows[:, None, :, None].expand(-1, 1, -1, cos.shape[-1])
-        rope = (cos.gather(2, rope_index), sin.gather(2, rope_index))
-        bias = self.bias_for(rows)
-        layer_bias = bias[layer] if isinstance(bias, (list, tuple)) else bias
-        mask = self.model.attention_mask(layer_bias, R, self.length, False, h.dtype, h.device)
-        self.kv.rows = rows
+        rope_index = rows[:, None, :, None].expand(-1, 1, -1, rope[0].shape[-1])
+        rope_rows = (rope[0].gather(2, rope_index), rope[1].gather(2, rope_index))
+        mask = self.model.attention_mask(self.bias_for(rows), rows.shape[1], self.length, False,
+                                         h.dtype, h.device)
         trace = Trace() if self.observe else None
-        attn = block.attn(block.norm1(h.gather(1, index)), rope, mask,
-                          kv_update=lambda k, v: self.kv.update(layer, k, v), trace=trace)
+        a, f = block.branches(h.gather(1, index), rope_rows, mask, trace=trace,
+                              kv_update=lambda k, v: self.kv.update(layer, k, v, rows=rows))
         if trace is not None:  # the recomputed rows' weights replace their stale ones
             weights = trace.attn[0]
             self.attention[layer].scatter_(2, rows[:, None, :, None].expand_as(weights), weights)
             self.value_norms[layer] = trace.values[0].norm(dim=-1)
-        self.attn_out[layer].scatter_(1, index, attn)
-        h = h + self.attn_out[layer]
-        self.ffn_out[layer].scatter_(1, index, block.mlp(block.norm2(h.gather(1, index))))
-        self.rows_computed[layer] += self.batch * R
-        self.computed_at[layer].scatter_(1, rows, self.step)
-        return h + self.ffn_out[layer]
+        self.attn_out[layer].scatter_(1, index, a)
+        self.ffn_out[layer].scatter_(1, index, f)
+        self.rows_computed[layer] += self.batch * rows.shape[1]
+        self.policy.computed(layer, rows, self.step)
+        return h + self.attn_out[layer] + self.ffn_out[layer]
 
 
 CACHES = {"none": NoCache, "prefix": PrefixCache, "dual": DualCache, "feature": FeatureCache}

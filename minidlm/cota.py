@@ -41,6 +41,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .refresh import StaleFirst
+
 
 CTEV_MODES = ("self", "context")  # the paper's, the authors' later variant
 
@@ -50,7 +52,6 @@ class CoTAConfig:
     ctae: bool = False
     ctae_tau: float = 5.0
     ctae_gamma: float = 0.5
-    ctae_layers: tuple = ()       # layer indices; empty = every layer
     ctev: bool = False
     ctev_lambda: float = 0.75
     ctev_window: int = 1
@@ -62,8 +63,6 @@ class CoTAConfig:
     def validate(self, n_layer: int):
         if not (0 < self.ctae_gamma <= 1) or not self.ctae_tau > 0:
             raise ValueError("CTAE needs 0 < gamma <= 1 and tau > 0")
-        if any(not 0 <= l < n_layer for l in self.ctae_layers):
-            raise ValueError(f"CTAE layers must lie in 0..{n_layer - 1}")
         if self.ctev_lambda < 0 or self.ctev_window < 0 or not 0 < self.ctev_deep_fraction <= 1:
             raise ValueError("CTEV needs lambda >= 0, window >= 0 and 0 < deep fraction <= 1")
         if self.ctar_window < 0:
@@ -86,28 +85,47 @@ def ctae_log_gain(q_pos, k_pos, response_start: int, tau: float, gamma: float):
     return torch.where(both, gain, torch.zeros((), device=gain.device)).unsqueeze(1)
 
 
-class AttentionBias:
-    """bias_for(rows) for the caches: padding bias, plus CTAE's log-gain on the chosen layers.
+class CoTA:
+    """CoTA for one `generate` call, through the sampler's two seams: `bias(rows)`, the additive
+    attention bias of the query rows (padding, plus CTAE's log-gain), which every cache passes to
+    the model; and `penalty(x, hidden, lo, hi)`, CTEV's term subtracted from the confidence of the
+    block's columns (None when CTEV is off). `refresh_policy` adds CTAR to the feature cache's."""
 
-    rows: (B, R) canvas positions of the query rows, or None for every row."""
+    def __init__(self, cfg: CoTAConfig, model, pad_bias, prompt_len: int, length: int, mask_id: int):
+        self.cfg, self.model, self.pad, self.P, self.mask_id = cfg, model, pad_bias, prompt_len, mask_id
+        self.positions = torch.arange(length, device=next(model.parameters()).device)
+        self.deep = cfg.deep_layers(model.cfg.n_layer)
+        self.hidden_layers = self.deep if cfg.ctev else []  # what a cache must keep for `penalty`
 
-    def __init__(self, pad_bias, cfg: CoTAConfig, n_layer: int, response_start: int, length: int,
-                 device):
-        self.pad, self.cfg, self.n_layer = pad_bias, cfg, n_layer
-        self.response_start = response_start
-        self.positions = torch.arange(length, device=device)
-        self.layers = set(cfg.ctae_layers or range(n_layer))
-
-    def __call__(self, rows):
+    def bias(self, rows):
+        """For query rows (B, R) of canvas positions, or None for every row."""
         if not self.cfg.ctae:
             return self.pad
         q = self.positions[None] if rows is None else rows
-        gain = ctae_log_gain(q, self.positions, self.response_start, self.cfg.ctae_tau,
-                             self.cfg.ctae_gamma)
-        biased = gain if self.pad is None else gain + self.pad
-        if len(self.layers) == self.n_layer:
-            return biased
-        return [biased if l in self.layers else self.pad for l in range(self.n_layer)]
+        gain = ctae_log_gain(q, self.positions, self.P, self.cfg.ctae_tau, self.cfg.ctae_gamma)
+        return gain if self.pad is None else gain + self.pad
+
+    def penalty(self, x, hidden, lo: int, hi: int):
+        """lambda * the CTEV mean entropy for columns lo..hi-1 of canvas x, from the deep layers'
+        states `hidden[layer]` the model used at this step; context mode: committed neighbours."""
+        if not self.cfg.ctev:
+            return None
+        committed = (x != self.mask_id) if self.cfg.ctev_mode == "context" else None
+        return self.cfg.ctev_lambda * ctev_penalty(self.model, [hidden[l] for l in self.deep], lo, hi,
+                                                   self.cfg.ctev_window, committed)
+
+    def refresh_policy(self, policy, x, per_step: int):
+        """CTAR: in the deep band, first every response row whose +-w neighbourhood gained a
+        committed token since that layer computed it, with a budget of (2w + 1) more rows per token
+        committed in a step (`per_step` at most), so all of them fit; elsewhere `policy` as it was."""
+        if not self.cfg.ctar:
+            return policy
+        if not isinstance(policy, StaleFirst):
+            policy = StaleFirst(x, self.P, self.model.cfg.n_layer, window=0)
+        for layer in self.deep:
+            policy.window[layer] = self.cfg.ctar_window
+            policy.extra[layer] = per_step * (2 * self.cfg.ctar_window + 1)
+        return policy
 
 
 def lens_entropy(model, hidden):

@@ -39,7 +39,7 @@ class FlowRecorder:
         if not newly:
             return
         rows, cols = torch.tensor(newly, device=x.device).T
-        hidden = torch.stack([h[rows, cols] for h in cache.hidden])          # (n_layer, N, d)
+        hidden = torch.stack([cache.hidden[l][rows, cols] for l in sorted(cache.hidden)])  # (n_layer, N, d)
         entropy = lens_entropy(self.model, hidden).T.cpu()                   # (N, n_layer)
         keys = torch.arange(x.shape[1], device=x.device)
         near = (keys[None] - cols[:, None]).abs() <= self.window             # (N, L)

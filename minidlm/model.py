@@ -22,9 +22,11 @@ The forward has two general seams that the samplers and analyses build on:
   query rows (at their true `positions`) against the keys/values the cache returns, the sink's
   constant K/V (`sink_kv`, computed once) included. The model knows nothing about when a cache
   refreshes: that is the cache's business (cache.py).
-- `attn_bias`: an additive term on the pre-softmax attention logits over content keys, either one
-  tensor for every layer or a list with one entry (or None) per layer. Padding and CoTA's distance
-  gain (log G_ij, arXiv 2601.20520) both arrive through it.
+- `attn_bias`: an additive term on the pre-softmax attention logits over content keys. Padding
+  and CoTA's distance gain (log G_ij, arXiv 2601.20520) both arrive through it.
+A cache that recomputes single rows layer by layer (dLLM-Cache) uses two smaller seams instead of
+rebuilding a block: `Block.branches` (a block's attention and FFN outputs for some rows) and
+`Attention.values` (the V projection alone).
 `trace=True` also returns per-layer attention weights, values and hidden states; the logits are
 computed by the very same path, so asking for them changes no logit.
 """
@@ -98,6 +100,12 @@ class Attention(nn.Module):
         self.q_norm = RMSNorm(self.head_dim) if cfg.qk_norm else nn.Identity()
         self.k_norm = RMSNorm(self.head_dim) if cfg.qk_norm else nn.Identity()
 
+    def values(self, x):
+        """The value vectors alone, (B, H, T, head_dim): V of wqkv (the same weights qkv uses)."""
+        B, T, d = x.shape
+        v = F.linear(x, self.wqkv.weight[2 * d:])
+        return v.view(B, T, self.n_head, self.head_dim).transpose(1, 2)
+
     def qkv(self, x, rope):
         """Rotated queries and keys, and values, each (B, H, T, head_dim)."""
         B, T, _ = x.shape
@@ -151,6 +159,12 @@ class Block(nn.Module):
     def forward(self, x, rope, mask, kv_update=None, trace=None):
         x = x + self.attn(self.norm1(x), rope, mask, kv_update, trace)
         return x + self.mlp(self.norm2(x))
+
+    def branches(self, x, rope, mask, kv_update=None, trace=None):
+        """The two residual branches for rows x, as `forward` computes them: the attention output
+        a, then the FFN output f of x + a (the block's output is x + a + f)."""
+        a = self.attn(self.norm1(x), rope, mask, kv_update, trace)
+        return a, self.mlp(self.norm2(x + a))
 
 
 class DiffusionLM(nn.Module):
@@ -232,7 +246,7 @@ class DiffusionLM(nn.Module):
         positions: (B, T) or (T,) true content positions of the rows (default 0..T-1).
         cache: None (keys = these rows, plus the sink row) or an object with
             update(layer, k, v) -> (K, V) and num_keys; its K/V include the sink's at index 0.
-        attn_bias: (B|1, H|1, T, Tk) additive logits over content keys, or a per-layer list.
+        attn_bias: (B|1, H|1, T, Tk) additive logits over content keys.
         """
         B, T = idx.shape
         x, rope = self.embed_rows(idx, positions)
@@ -241,17 +255,13 @@ class DiffusionLM(nn.Module):
             x = torch.cat([self.sink_embed.expand(B, 1, -1), x], dim=1)
             cos, sin = rope  # position 0: angle 0, so cos 1 and sin 0
             rope = (F.pad(cos, (0, 0, 1, 0), value=1.0), F.pad(sin, (0, 0, 1, 0), value=0.0))
-        per_layer = attn_bias if isinstance(attn_bias, (list, tuple)) else [attn_bias] * len(self.blocks)
         tr = trace if isinstance(trace, Trace) else (Trace() if trace else None)
         s = int(sink_row)
         tk = T if cache is None else cache.num_keys - int(self.cfg.sink)
-        masks = {}  # one additive mask per distinct bias, built once per forward
+        mask = self.attention_mask(attn_bias, T, tk, sink_row, x.dtype, x.device)
         for i, block in enumerate(self.blocks):
             kv_update = None if cache is None else (lambda k, v, i=i: cache.update(i, k, v))
-            bias = per_layer[i]
-            if id(bias) not in masks:
-                masks[id(bias)] = self.attention_mask(bias, T, tk, sink_row, x.dtype, x.device)
-            x = block(x, rope, masks[id(bias)], kv_update, tr)
+            x = block(x, rope, mask, kv_update, tr)
             if tr is not None:
                 tr.hidden.append(x[:, s:])
         logits = self.head(self.norm(x[:, s:]))

@@ -16,13 +16,15 @@ start at 0 at its first real token, so a row's output does not depend on the oth
 Inside the step loop there is no host sync and no Python loop over rows: k is the same Python int
 for every row, so one batched `topk` commits exactly k tokens per row.
 """
+import math
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
-from .cache import CACHES
-from .cota import AttentionBias, CoTAConfig, ctev_penalty
+from .cache import CACHES, FeatureCache
+from .refresh import LeastSimilar, StaleFirst
+from .cota import CoTA, CoTAConfig
 
 
 REMASKING = ("low_confidence", "random")
@@ -40,6 +42,7 @@ class SamplerConfig:
     cache_kr: int = 7                  # feature cache: response refresh interval K_r
     cache_rho: float = 0.25            # feature cache: fraction of response rows refreshed
     cache_stale_first: bool = False    # feature cache: refresh rows next to new commits first (ours)
+    cache_fresh_values: bool = False   # feature cache: every response row's fresh V (dLLM-Cache's hook)
     cota: CoTAConfig = field(default_factory=CoTAConfig)  # CTAE / CTEV (cota.py); off by default
     compile: bool = False              # torch.compile the model forward (none, prefix, dual)
 
@@ -127,6 +130,18 @@ def commit(x, logits, eligible, k: int, cfg: SamplerConfig, generator, mask_id: 
     return x0, scores
 
 
+def make_cache(cfg: SamplerConfig, model, x, positions, cota, prompt_len: int, observe: bool):
+    """The cache `cfg.cache` names, given what it uses (cache.py); CoTA supplies the attention bias,
+    the hidden states CTEV reads, and CTAR's refresh policy."""
+    if cfg.cache != "feature":
+        return CACHES[cfg.cache](model, x, positions, cota.bias, cota.hidden_layers, observe)
+    policy = StaleFirst(x, prompt_len, model.cfg.n_layer) if cfg.cache_stale_first else LeastSimilar()
+    per_step = math.ceil(cfg.block_length / (cfg.steps // (cfg.gen_length // cfg.block_length)))
+    return FeatureCache(model, x, positions, cota.bias, prompt_len, cfg.cache_kp, cfg.cache_kr,
+                        cfg.cache_rho, cota.refresh_policy(policy, x, per_step), cfg.cache_fresh_values,
+                        cota.hidden_layers, observe)
+
+
 _COMPILED = {}
 
 
@@ -155,11 +170,9 @@ def generate(model, prompts, mask_id: int, pad_id: int, cfg: SamplerConfig, seed
     x = torch.cat([prompt_ids, torch.full((B, cfg.gen_length), mask_id, device=device)], dim=1)
     positions = torch.arange(x.shape[1], device=device) - n_pad[:, None]
     pad = padding_bias(n_pad, x.shape[1]) if bool((n_pad > 0).any()) else None
-    bias_for = AttentionBias(pad, cfg.cota, model.cfg.n_layer, P, x.shape[1], device)
-    deep = cfg.cota.deep_layers(model.cfg.n_layer) if cfg.cota.ctev else []
+    cota = CoTA(cfg.cota, model, pad, P, x.shape[1], mask_id)
     runner = compiled(model) if cfg.compile else model  # attributes pass through to `model`
-    cache = CACHES[cfg.cache](runner, x, positions, bias_for, P, cfg, keep_hidden=deep,
-                              observe=observe)
+    cache = make_cache(cfg, runner, x, positions, cota, P, observe)
     num_blocks = cfg.gen_length // cfg.block_length
     steps_per_block = cfg.steps // num_blocks
     step = 0
@@ -167,12 +180,7 @@ def generate(model, prompts, mask_id: int, pad_id: int, cfg: SamplerConfig, seed
         lo, hi = P + b * cfg.block_length, P + (b + 1) * cfg.block_length
         for j, k in enumerate(transfer_schedule(cfg.block_length, steps_per_block)):
             logits = cache.logits(x, lo, hi, block_start=j == 0)
-            penalty = None
-            if cfg.cota.ctev:
-                committed = (x != mask_id) if cfg.cota.ctev_mode == "context" else None
-                deep_hidden = [cache.hidden[cache.keep_hidden.index(l)] for l in deep]
-                penalty = cfg.cota.ctev_lambda * ctev_penalty(model, deep_hidden, lo, hi,
-                                                              cfg.cota.ctev_window, committed)
+            penalty = cota.penalty(x, cache.hidden, lo, hi)
             block = x[:, lo:hi]  # a view: commit writes through it into x
             commit(block, logits, block == mask_id, k, cfg, generator, mask_id, penalty)
             step += 1

@@ -14,6 +14,14 @@ prompts_strategy = st.lists(st.lists(st.integers(0, VOCAB - 4), min_size=1, max_
                             min_size=1, max_size=3)
 
 
+def feature_cache(model, x, prompt_len, cfg):
+    """The feature cache generate would build for cfg, on a canvas x with no padding."""
+    from minidlm.cota import CoTA
+    from minidlm.sampler import make_cache
+    cota = CoTA(cfg.cota, model, None, prompt_len, x.shape[1], MASK_ID)
+    return make_cache(cfg, model, x, torch.arange(x.shape[1])[None], cota, prompt_len, False)
+
+
 def run(prompts, sink, **kwargs):
     stats = {}
     out = generate(MODELS[sink], prompts, MASK_ID, PAD_ID, SamplerConfig(**kwargs), stats=stats)
@@ -34,7 +42,9 @@ def test_feature_cache_refreshed_every_step_equals_no_cache(prompts, sink, block
     kw = dict(gen_length=blocks * block, block_length=block, steps=blocks * spb)
     every_step = data.draw(st.sampled_from([dict(cache_kp=1, cache_kr=1, cache_rho=data.draw(st.floats(0, 1))),
                                             dict(cache_kp=1, cache_kr=data.draw(st.integers(2, 9)), cache_rho=1.0)]))
-    assert torch.equal(run(prompts, sink, cache="feature", **every_step, **kw)[0], run(prompts, sink, **kw)[0])
+    fresh_values = data.draw(st.booleans())  # dLLM-Cache's hook: every V fresh on partial steps
+    assert torch.equal(run(prompts, sink, cache="feature", cache_fresh_values=fresh_values, **every_step, **kw)[0],
+                       run(prompts, sink, **kw)[0])
 
 
 @given(prompts=prompts_strategy, row=st.integers(0, 2), sink=st.booleans(),
@@ -77,18 +87,17 @@ def test_stale_first_refreshed_every_step_equals_no_cache(prompts, sink):
 
 def test_stale_first_refreshes_the_neighbours_of_new_commits():
     """With rho = 3 rows per layer, the rows refreshed right after a commit at i are i-1, i, i+1."""
-    from minidlm.cache import FeatureCache
     model = MODELS[False]
     x = torch.full((1, 12), MASK_ID)
     x[0, :2] = torch.tensor([1, 2])
     cfg = SamplerConfig(gen_length=10, block_length=10, steps=10, cache="feature", cache_kp=99,
                         cache_kr=99, cache_rho=0.3, cache_stale_first=True)
-    cache = FeatureCache(model, x, torch.arange(12)[None], lambda rows: None, 2, cfg)
+    cache = feature_cache(model, x, 2, cfg)
     cache.logits(x, 2, 12, True)           # step 1: full refresh
     x[0, 6] = 5                             # commit position 6
     cache.logits(x, 2, 12, False)          # step 2: partial
     for layer in range(model.cfg.n_layer):
-        assert set(torch.nonzero(cache.computed_at[layer][0] == 2).flatten().tolist()) == {5, 6, 7}
+        assert set(torch.nonzero(cache.policy.computed_at[layer][0] == 2).flatten().tolist()) == {5, 6, 7}
 
 
 @given(prompts=prompts_strategy, sink=st.booleans(), window=st.integers(0, 6))
@@ -104,21 +113,20 @@ def test_ctar_repairs_exactly_the_neighbourhood_of_a_new_commit_in_the_deep_band
     one commit at i is visible alone: rows i-w..i+w (inside the response) in the deep band only.
     The budget is a fixed 2w + 1 rows (static shapes); near the response's ends the rows left over
     go by the cache's similarity rule."""
-    from minidlm.cache import FeatureCache
     model = tiny_model(n_layer=n_layer)
     x = torch.full((1, 22), MASK_ID)
     x[0, :2] = torch.tensor([1, 2])
     cota = CoTAConfig(ctar=True, ctar_window=window)
     cfg = SamplerConfig(gen_length=20, block_length=20, steps=20, cache="feature", cache_kp=99,
                         cache_kr=99, cache_rho=0.0, cota=cota)
-    cache = FeatureCache(model, x, torch.arange(22)[None], lambda rows: None, 2, cfg)
+    cache = feature_cache(model, x, 2, cfg)
     cache.logits(x, 2, 22, True)            # step 1: full refresh
     x[0, commit] = 5
     cache.logits(x, 2, 22, False)           # step 2: partial
     deep = set(cota.deep_layers(n_layer))
     want = set(range(max(2, commit - window), min(22, commit + window + 1)))
     for layer in range(n_layer):
-        got = set(torch.nonzero(cache.computed_at[layer][0] == 2).flatten().tolist())
+        got = set(torch.nonzero(cache.policy.computed_at[layer][0] == 2).flatten().tolist())
         if layer in deep:
             assert want <= got and len(got) == 2 * window + 1
         else:
@@ -147,13 +155,12 @@ def test_observing_changes_no_token_and_sees_whole_attention_rows(prompts, sink,
 def test_a_partial_step_with_nothing_to_refresh_reuses_both_cached_outputs():
     """rho = 0: a partial step recomputes no row; on an unchanged canvas it must reproduce the
     logits of the full refresh exactly (the reused attention AND FFN outputs both go back in)."""
-    from minidlm.cache import FeatureCache
     for model in (MODELS[False], MODELS[True]):
         x = torch.full((2, 12), MASK_ID)
         x[:, :3] = torch.tensor([[1, 2, 3], [4, 5, 6]])
         cfg = SamplerConfig(gen_length=9, block_length=9, steps=9, cache="feature", cache_kp=99,
                             cache_kr=99, cache_rho=0.0)
-        cache = FeatureCache(model, x, torch.arange(12)[None], lambda rows: None, 3, cfg)
+        cache = feature_cache(model, x, 3, cfg)
         full = cache.logits(x, 3, 12, True)
         before = list(cache.rows_computed)
         partial = cache.logits(x, 3, 12, False)
@@ -164,17 +171,36 @@ def test_a_partial_step_with_nothing_to_refresh_reuses_both_cached_outputs():
 def test_stale_first_forgets_a_neighbourhood_once_it_is_recomputed():
     """A neighbourhood counts as stale only while a commit is NEWER than the row's last compute:
     after the rows around position 6 are refreshed, a commit at 10 makes 9-11 the stale ones."""
-    from minidlm.cache import FeatureCache
     model = MODELS[False]
     x = torch.full((1, 14), MASK_ID)
     x[0, :2] = torch.tensor([1, 2])
     cfg = SamplerConfig(gen_length=12, block_length=12, steps=12, cache="feature", cache_kp=99,
                         cache_kr=99, cache_rho=0.25, cache_stale_first=True)
-    cache = FeatureCache(model, x, torch.arange(14)[None], lambda rows: None, 2, cfg)
+    cache = feature_cache(model, x, 2, cfg)
     cache.logits(x, 2, 14, True)
     x[0, 6] = 5
     cache.logits(x, 2, 14, False)
     x[0, 10] = 7
     cache.logits(x, 2, 14, False)
     for layer in range(model.cfg.n_layer):
-        assert set(torch.nonzero(cache.computed_at[layer][0] == 3).flatten().tolist()) == {9, 10, 11}
+        assert set(torch.nonzero(cache.policy.computed_at[layer][0] == 3).flatten().tolist()) == {9, 10, 11}
+
+
+def test_fresh_values_put_every_response_rows_fresh_v_in_the_buffer():
+    """dLLM-Cache's LLaDA hook: after a partial step, the cached V of EVERY response row is this
+    step's fresh V (checked in layer 0, whose input is the embedding), not only the refreshed rows'."""
+    model = MODELS[False]
+    x = torch.full((1, 12), MASK_ID)
+    x[0, :2] = torch.tensor([1, 2])
+    for fresh_values in (False, True):
+        cfg = SamplerConfig(gen_length=10, block_length=10, steps=10, cache="feature", cache_kp=99,
+                            cache_kr=99, cache_rho=0.2, cache_fresh_values=fresh_values)
+        cache = feature_cache(model, x.clone(), 2, cfg)
+        y = x.clone()
+        cache.logits(y, 2, 12, True)
+        y[0, 2:12:2] = torch.tensor([5, 6, 7, 8, 9])  # five response rows change
+        cache.logits(y, 2, 12, False)
+        block = model.blocks[0]
+        fresh = block.attn.values(block.norm1(model.embed(y)))[:, :, 2:]
+        same = torch.isclose(cache.kv.v[0][:, :, 2:], fresh, atol=1e-12).all(-1).all(1)[0]  # per row
+        assert same.all() if fresh_values else same.sum() < 10  # 2 of the 5 changed rows refreshed

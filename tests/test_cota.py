@@ -105,7 +105,7 @@ def test_deep_band_is_the_last_fifth_before_the_final_layer():
 def test_generate_hands_ctev_the_committed_set_in_context_mode(prompts, mode, cache):
     """As `generate` calls it: context-mode CTEV gets exactly the committed positions of the
     canvas at that step (prompt and earlier commits), self mode gets none."""
-    import minidlm.sampler as sampler
+    import minidlm.cota as cota_module
     seen = []
 
     def spy(model, hidden, lo, hi, window, committed):
@@ -113,15 +113,15 @@ def test_generate_hands_ctev_the_committed_set_in_context_mode(prompts, mode, ca
         return torch.zeros(hidden[0].shape[0], hi - lo, dtype=hidden[0].dtype)
 
     frames = []
-    original = sampler.ctev_penalty
-    sampler.ctev_penalty = spy
+    original = cota_module.ctev_penalty
+    cota_module.ctev_penalty = spy
     try:
         cfg = SamplerConfig(gen_length=8, block_length=4, steps=8, **cache,
                             cota=CoTAConfig(ctev=True, ctev_mode=mode))
         generate(MODELS[False], prompts, MASK_ID, PAD_ID, cfg,
                  on_step=lambda s, x, c: frames.append(x.clone()))
     finally:
-        sampler.ctev_penalty = original
+        cota_module.ctev_penalty = original
     assert len(seen) == 8
     P = max(map(len, prompts))
     canvases = [torch.cat([frames[0][:, :P], torch.full((len(prompts), 8), MASK_ID)], 1)] + frames[:-1]

@@ -47,11 +47,9 @@ def test_subset_of_queries_against_a_kv_cache_matches_the_full_forward(sink, T, 
     x = tokens(2, T, seed)
     full = model(x)
     cache = KVBuffer(model, 2, T, torch.float64, "cpu")  # holds the sink's K/V when there is one
-    cache.rows = torch.arange(T).expand(2, T)
-    assert torch.allclose(model(x, cache=cache), full, atol=1e-10)  # and fills the cache
+    assert torch.allclose(model(x, cache=cache.writer(span=(0, T))), full, atol=1e-10)  # and fills it
     rows = torch.tensor(sorted(data.draw(st.sets(st.integers(0, T - 1), min_size=1))))
-    cache.rows = rows.expand(2, -1)
-    part = model(x[:, rows], positions=rows, cache=cache)
+    part = model(x[:, rows], positions=rows, cache=cache.writer(rows=rows.expand(2, -1)))
     assert torch.allclose(part, full[:, rows], atol=1e-10)
 
 
@@ -66,12 +64,17 @@ def test_padding_through_the_bias_seam_is_invisible(sink, T, pad, seed):
     assert torch.allclose(out, model(x), atol=1e-10)
 
 
-def test_per_layer_bias_list_matches_a_single_bias():
-    model = tiny_model()
-    x = tokens(1, 6, 0)
-    bias = torch.randn(1, 1, 6, 6, dtype=torch.float64)
-    assert torch.equal(model(x, attn_bias=bias), model(x, attn_bias=[bias, bias]))
-    assert not torch.allclose(model(x, attn_bias=[bias, None]), model(x, attn_bias=bias))
+@given(T=st.integers(1, 12), seed=st.integers(0, 99))
+def test_the_value_seam_and_the_branch_seam_are_the_blocks_own_computation(T, seed):
+    """Attention.values is the V that attention uses; a block's output is x + a + f of its branches."""
+    from minidlm.model import rope_angles
+    model = tiny_model(seed=seed)
+    block = model.blocks[0]
+    x = torch.randn(2, T, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+    rope = rope_angles(torch.arange(T)[None].expand(2, T), 8, 10000.0)
+    assert torch.allclose(block.attn.values(x), block.attn.qkv(x, rope)[2], atol=1e-12)
+    a, f = block.branches(x, rope, None)
+    assert torch.equal(block(x, rope, None), x + a + f)
 
 
 @given(B=st.integers(1, 3), T=st.integers(1, 20), shift=st.integers(1, 50), seed=st.integers(0, 99))
@@ -95,11 +98,10 @@ def test_unrotated_sink_partial_forward_against_the_cache_matches_the_full_forwa
     for attn in trace.attn:  # still the paper's mask: the sink row sees only itself
         assert torch.all(attn[:, :, 0, 1:] == 0) and torch.all(attn[:, :, 1:, 0] > 0)
     cache = KVBuffer(model, 2, T, torch.float64, "cpu")
-    cache.rows = torch.arange(T).expand(2, T)
-    assert torch.allclose(model(x, cache=cache), full, atol=1e-10)
+    assert torch.allclose(model(x, cache=cache.writer(span=(0, T))), full, atol=1e-10)
     rows = torch.tensor(sorted(data.draw(st.sets(st.integers(0, T - 1), min_size=1))))
-    cache.rows = rows.expand(2, -1)
-    assert torch.allclose(model(x[:, rows], positions=rows, cache=cache), full[:, rows], atol=1e-10)
+    assert torch.allclose(model(x[:, rows], positions=rows, cache=cache.writer(rows=rows.expand(2, -1))),
+                          full[:, rows], atol=1e-10)
 
 
 @given(T=st.integers(1, 20), seed=st.integers(0, 99))
