@@ -11,9 +11,11 @@ from minidlm.evaluate import held_out_prompts, sample_grammatical_rate
 from minidlm.sampler import SamplerConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# Stated bars (README, "Train your own"); the measured values are there too.
-MAX_VAL_BITS = 2.4
-MIN_GRAMMATICAL = 0.85
+# Stated bars (README, "Train your own"): the retrained pair measures 1.90 bits/token and 97-99 %
+# at training (32 windows x 16 samples, 32 prompts); these bars leave room for the smaller,
+# noisier measurement here (16 windows x 8 samples, 16 prompts).
+MAX_VAL_BITS = 2.1
+MIN_GRAMMATICAL = 0.90
 
 
 @pytest.fixture(scope="module", params=["tiny.pt", "tiny-sink.pt"])
