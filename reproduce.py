@@ -83,7 +83,8 @@ def stages(quick: bool, figures: bool):
         *([("The Repeat Curse over 3 model seeds (saved rows; remeasure with --seeds)",
             ["repeat_study.py", "--from-json", REPEAT_SEEDS],
             "The headline rows of the same study on the three baseline seed runs of the default recipe "
-            "(`python train_tiny.py --seed S`), the same two prompt sets for each: mean +- sd over the models.")]
+            "(`python train_tiny.py --seed S`), the same 100 prompts (prompt seed 0) for each: mean +- sd over "
+            "the models.")]
           if os.path.exists(REPEAT_SEEDS) and not quick else []),
     ]
 
@@ -145,7 +146,8 @@ def seed_runs(log):
     arms = [f"--arm={arm}={','.join(p)}" for arm, p in paths.items()]
     run_stage(1, 2, "measure the seed runs", ["sink_compare.py", *arms, "--json", "results/sink_seeds.json"], log)
     run_stage(2, 2, "the Repeat Curse over the baseline seeds",
-              ["repeat_study.py", "--checkpoint", *paths["baseline"], "--rows", HEADLINE, "--flow-prompts", "0",
+              ["repeat_study.py", "--checkpoint", *paths["baseline"], "--rows", HEADLINE, "--seeds", "0",
+               "--flow-prompts", "0",
                "--json", REPEAT_SEEDS], log)
 
 

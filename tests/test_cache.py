@@ -85,21 +85,6 @@ def test_stale_first_refreshed_every_step_equals_no_cache(prompts, sink):
     assert torch.equal(run(prompts, sink, **every, **kw)[0], run(prompts, sink, **kw)[0])
 
 
-def test_stale_first_refreshes_the_neighbours_of_new_commits():
-    """With rho = 3 rows per layer, the rows refreshed right after a commit at i are i-1, i, i+1."""
-    model = MODELS[False]
-    x = torch.full((1, 12), MASK_ID)
-    x[0, :2] = torch.tensor([1, 2])
-    cfg = SamplerConfig(gen_length=10, block_length=10, steps=10, cache="feature", cache_kp=99,
-                        cache_kr=99, cache_rho=0.3, cache_stale_first=True)
-    cache = feature_cache(model, x, 2, cfg)
-    cache.logits(x, 2, 12, True)           # step 1: full refresh
-    x[0, 6] = 5                             # commit position 6
-    cache.logits(x, 2, 12, False)          # step 2: partial
-    for layer in range(model.cfg.n_layer):
-        assert set(torch.nonzero(cache.policy.computed_at[layer][0] == 2).flatten().tolist()) == {5, 6, 7}
-
-
 @given(prompts=prompts_strategy, sink=st.booleans(), window=st.integers(0, 6))
 def test_ctar_refreshed_every_step_equals_no_cache(prompts, sink, window):
     kw = dict(gen_length=8, block_length=8, steps=8)
@@ -168,22 +153,22 @@ def test_a_partial_step_with_nothing_to_refresh_reuses_both_cached_outputs():
         assert torch.equal(full, partial)
 
 
-def test_stale_first_forgets_a_neighbourhood_once_it_is_recomputed():
-    """A neighbourhood counts as stale only while a commit is NEWER than the row's last compute:
-    after the rows around position 6 are refreshed, a commit at 10 makes 9-11 the stale ones."""
+def test_stale_first_refreshes_the_neighbours_of_new_commits_and_only_until_recomputed():
+    """rho gives 3 rows per layer. After a commit at 6 the refreshed rows are 5, 6, 7; a
+    neighbourhood counts as stale only while a commit is NEWER than the row's last compute, so a
+    commit at 10 one step later makes 9, 10, 11 the refreshed ones, not 5-7 again."""
     model = MODELS[False]
     x = torch.full((1, 14), MASK_ID)
     x[0, :2] = torch.tensor([1, 2])
     cfg = SamplerConfig(gen_length=12, block_length=12, steps=12, cache="feature", cache_kp=99,
                         cache_kr=99, cache_rho=0.25, cache_stale_first=True)
     cache = feature_cache(model, x, 2, cfg)
-    cache.logits(x, 2, 14, True)
-    x[0, 6] = 5
-    cache.logits(x, 2, 14, False)
-    x[0, 10] = 7
-    cache.logits(x, 2, 14, False)
-    for layer in range(model.cfg.n_layer):
-        assert set(torch.nonzero(cache.policy.computed_at[layer][0] == 3).flatten().tolist()) == {9, 10, 11}
+    cache.logits(x, 2, 14, True)            # step 1: full refresh
+    for step, (commit, want) in enumerate([(6, {5, 6, 7}), (10, {9, 10, 11})], start=2):
+        x[0, commit] = 5
+        cache.logits(x, 2, 14, False)       # a partial step
+        for layer in range(model.cfg.n_layer):
+            assert set(torch.nonzero(cache.policy.computed_at[layer][0] == step).flatten().tolist()) == want
 
 
 def test_fresh_values_put_every_response_rows_fresh_v_in_the_buffer():
