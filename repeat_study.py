@@ -241,22 +241,23 @@ def build_parser():
 
 
 def load_models(paths, device):
-    """The checkpoints, which must share one tokenizer (the prompts are the same ids for all)."""
-    models = [load_model(path, device) for path in paths]
-    first = models[0][1].state_dict()
-    for path, (model, tok, _) in zip(paths[1:], models[1:]):
-        if tok.state_dict() != first or model.cfg.max_seq_len != models[0][0].cfg.max_seq_len:
-            die(f"{path} has another tokenizer or context length than {paths[0]}: "
-                "models compared over seeds must be trained alike")
-    return [m for m, _, _ in models], models[0][1]
+    """(model, tokenizer) per checkpoint. Each seed trains its own tokenizer, so every model gets
+    the same prompt TEXTS encoded with its own; the context lengths must agree."""
+    models = [load_model(path, device)[:2] for path in paths]
+    for path, (model, _) in zip(paths[1:], models[1:]):
+        if model.cfg.max_seq_len != models[0][0].cfg.max_seq_len:
+            die(f"{path} has another context length than {paths[0]}: models compared over seeds "
+                "must be trained alike")
+    return models
 
 
-def study_row(models, tok, prompt_sets, gen_length, settings, cota, batch_size, grammar):
-    """Metrics of one row per model (each averaged over the prompt sets), and their mean."""
+def study_row(models, prompt_sets, gen_length, settings, cota, batch_size, grammar):
+    """Metrics of one row per (model, tokenizer) (each averaged over its prompt sets), and the mean.
+    prompt_sets[m] holds model m's prompt sets, encoded with its tokenizer."""
     per_model = []
-    for model in models:
+    for (model, tok), sets in zip(models, prompt_sets):
         per_seed = []
-        for prompts in prompt_sets:
+        for prompts in sets:
             outputs, orders, tok_s = run_row(model, tok, prompts, gen_length, settings, cota, batch_size)
             per_seed.append({**score(tok, outputs, orders, grammar), "tok_s": tok_s})
         pooled = {c: max(s[c] for s in per_seed) if c == "MRL" else sum(s[c] for s in per_seed) / len(per_seed)
@@ -278,7 +279,7 @@ def main():
         require_plot_extra()
     try:
         device = pick_device(args.device)
-        models, tok = load_models(args.checkpoint, device)
+        models = load_models(args.checkpoint, device)
         _, val_docs = load_documents(args.data)
     except (ValueError, CheckpointError, CorpusError) as e:
         die(str(e))
@@ -289,16 +290,18 @@ def main():
     if unknown:
         die(f"--rows: no row {unknown[0]!r}; the rows are {', '.join(table)}")
     columns = COLUMNS if grammar else [c for c in COLUMNS if c != "grammatical"]
-    limit = models[0].cfg.max_seq_len - args.gen_length
+    model, tok = models[0]  # the information-flow view uses the first model
+    limit = model.cfg.max_seq_len - args.gen_length
     if limit < 2:
         die(f"--gen-length {args.gen_length} leaves no room for a prompt in the model's "
-            f"{models[0].cfg.max_seq_len}-token context")
-    prompt_sets = [study_prompts(tok, val_docs, seed, args.prompts, limit) for seed in args.seeds]
+            f"{model.cfg.max_seq_len}-token context")
+    prompt_sets = [[study_prompts(t, val_docs, seed, args.prompts, limit) for seed in args.seeds]
+                   for _, t in models]
     results = []
     for key in keys:
         name, settings, cota = table[key]
-        row = {"key": key, "mode": name, **study_row(models, tok, prompt_sets, args.gen_length, settings, cota,
-                                         args.batch_size, grammar), "settings": settings, "cota": cota}
+        row = {"key": key, "mode": name, **study_row(models, prompt_sets, args.gen_length, settings, cota,
+                                                     args.batch_size, grammar), "settings": settings, "cota": cota}
         results.append(row)
         print(f"[{len(results)}/{len(keys)}] {name}: ARR {100 * row['ARR']:.2f} % SRR "
               f"{100 * row['SRR']:.1f} % ({row['tok_s']:.0f} tok/s)", file=sys.stderr, flush=True)
@@ -309,11 +312,11 @@ def main():
     flow = None
     if args.flow_prompts > 0:
         prompts = study_prompts(tok, val_docs, args.seeds[0], args.flow_prompts, limit)
-        flow, deep = information_flow(models[0], tok, prompts, args.gen_length, args.batch_size)
+        flow, deep = information_flow(model, tok, prompts, args.gen_length, args.batch_size)
         print(f"\nInformation flow ({len(prompts)} prompts, seed {args.seeds[0]}, model {args.checkpoint[0]}): "
               f"logit-lens entropy / log V by layer at the commit step, and the deep-layer attention mass "
               f"near each position")
-        print(flow_table(flow, models[0].cfg.n_layer, deep))
+        print(flow_table(flow, model.cfg.n_layer, deep))
         if args.plot:
             os.makedirs(args.plot, exist_ok=True)
             plot_flow(flow, os.path.join(args.plot, "infoflow_entropy.png"))

@@ -78,6 +78,9 @@ def write_text(path: str, write):
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             write(f)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
         os.replace(tmp, path)
     except BaseException:
         os.remove(tmp)
