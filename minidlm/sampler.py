@@ -16,7 +16,6 @@ start at 0 at its first real token, so a row's output does not depend on the oth
 Inside the step loop there is no host sync and no Python loop over rows: k is the same Python int
 for every row, so one batched `topk` commits exactly k tokens per row.
 """
-import math
 from dataclasses import dataclass, field
 
 import torch
@@ -130,13 +129,13 @@ def commit(x, logits, eligible, k: int, cfg: SamplerConfig, generator, mask_id: 
     return x0, scores
 
 
-def make_cache(cfg: SamplerConfig, model, x, positions, cota, prompt_len: int, observe: bool):
+def make_cache(cfg: SamplerConfig, model, x, positions, cota, prompt_len: int, observe: bool, per_step: int):
     """The cache `cfg.cache` names, given what it uses (cache.py); CoTA supplies the attention bias,
-    the hidden states CTEV reads, and CTAR's refresh policy."""
+    the hidden states CTEV reads, and CTAR's refresh policy (its budget: `per_step`, the most tokens
+    one step commits)."""
     if cfg.cache != "feature":
         return CACHES[cfg.cache](model, x, positions, cota.bias, cota.hidden_layers, observe)
     policy = StaleFirst(x, prompt_len, model.cfg.n_layer) if cfg.cache_stale_first else LeastSimilar()
-    per_step = math.ceil(cfg.block_length / (cfg.steps // (cfg.gen_length // cfg.block_length)))
     return FeatureCache(model, x, positions, cota.bias, prompt_len, cfg.cache_kp, cfg.cache_kr,
                         cfg.cache_rho, cota.refresh_policy(policy, x, per_step), cfg.cache_fresh_values,
                         cota.hidden_layers, observe)
@@ -172,9 +171,10 @@ def generate(model, prompts, mask_id: int, pad_id: int, cfg: SamplerConfig, seed
     pad = padding_bias(n_pad, x.shape[1]) if bool((n_pad > 0).any()) else None
     cota = CoTA(cfg.cota, model, pad, P, x.shape[1], mask_id)
     runner = compiled(model) if cfg.compile else model  # attributes pass through to `model`
-    cache = make_cache(cfg, runner, x, positions, cota, P, observe)
     num_blocks = cfg.gen_length // cfg.block_length
     steps_per_block = cfg.steps // num_blocks
+    cache = make_cache(cfg, runner, x, positions, cota, P, observe,
+                       per_step=transfer_schedule(cfg.block_length, steps_per_block)[0])
     step = 0
     for b in range(num_blocks):
         lo, hi = P + b * cfg.block_length, P + (b + 1) * cfg.block_length

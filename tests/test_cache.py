@@ -17,9 +17,11 @@ prompts_strategy = st.lists(st.lists(st.integers(0, VOCAB - 4), min_size=1, max_
 def feature_cache(model, x, prompt_len, cfg):
     """The feature cache generate would build for cfg, on a canvas x with no padding."""
     from minidlm.cota import CoTA
-    from minidlm.sampler import make_cache
+    from minidlm.sampler import make_cache, transfer_schedule
     cota = CoTA(cfg.cota, model, None, prompt_len, x.shape[1], MASK_ID)
-    return make_cache(cfg, model, x, torch.arange(x.shape[1])[None], cota, prompt_len, False)
+    steps_per_block = cfg.steps // (cfg.gen_length // cfg.block_length)
+    return make_cache(cfg, model, x, torch.arange(x.shape[1])[None], cota, prompt_len, False,
+                      per_step=transfer_schedule(cfg.block_length, steps_per_block)[0])
 
 
 def run(prompts, sink, **kwargs):
