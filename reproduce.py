@@ -27,7 +27,8 @@ import torch
 
 from minidlm.checkpoint import CheckpointError, atomic_save, load_model, read
 from minidlm.data import fixed_windows, load_documents, token_stream
-from minidlm.diffusion import evaluate_nelbo, unigram_entropy_bits
+from minidlm.diffusion import evaluate_nelbo
+from minidlm.evaluate import unigram_entropy_bits
 from minidlm.cli import ArgumentParser, die, preflight, run_main
 from repeat_study import HEADLINE
 

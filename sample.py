@@ -108,7 +108,7 @@ def main():
     cfg = SamplerConfig(gen_length=args.gen_length, steps=args.steps, block_length=args.block_length,
                         temperature=args.temperature, remasking=args.remasking, cache=args.cache,
                         cache_kp=args.cache_kp, cache_kr=args.cache_kr, cache_rho=args.cache_rho,
-                        compile=args.compile, cache_stale_first=args.cache_stale_first,
+                        cache_stale_first=args.cache_stale_first,
                         cache_fresh_values=args.cache_fresh_values,
                         cota=CoTAConfig(ctae=args.cota or args.ctae, ctae_tau=args.ctae_tau,
                                         ctae_gamma=args.ctae_gamma, ctev=args.cota or args.ctev,
@@ -120,6 +120,9 @@ def main():
     except ValueError as e:
         die(str(e))
 
+    if args.compile and args.cache == "feature":
+        die("--compile covers the none, prefix and dual samplers; the feature cache runs the model "
+            "layer by layer and is not compiled")
     if args.ctar and args.cache != "feature":
         print(f"note: --ctar repairs stale rows of the feature cache; --cache {args.cache} recomputes "
               f"every row next to a new commit anyway, so CTAR changes nothing here", file=sys.stderr)
@@ -139,7 +142,8 @@ def main():
             observer(step, x, cache)
 
     start, stats = time.time(), {}
-    out = generate(model, prompts, tokenizer.mask_id, tokenizer.eot_id, cfg, seed=args.seed,
+    runner = torch.compile(model, dynamic=True) if args.compile else model
+    out = generate(runner, prompts, tokenizer.mask_id, tokenizer.eot_id, cfg, seed=args.seed,
                    on_step=on_step if observers else None, stats=stats, observe=args.sinks)
     if device.type == "cuda":
         torch.cuda.synchronize()

@@ -34,9 +34,9 @@ from minidlm.cli import (SEED, ArgumentParser, GracefulStop, check_readable_file
                          die, number, pick_device, positive_int, run_main)
 from minidlm.corpus import CorpusError
 from minidlm.data import fixed_windows, load_documents, random_windows, token_stream
-from minidlm.diffusion import describe_nelbo, evaluate_nelbo, train_loss, unigram_entropy_bits
+from minidlm.diffusion import evaluate_nelbo, train_loss
 from minidlm.distributed import Ranks
-from minidlm.evaluate import held_out_prompts, sample_grammatical_rate
+from minidlm.evaluate import describe_nelbo, held_out_prompts, sample_grammatical_rate, unigram_entropy_bits
 from minidlm.model import DiffusionLM, ModelConfig
 from minidlm.optim import build_optimizers, lr_factor, set_lr
 from minidlm.sampler import SamplerConfig

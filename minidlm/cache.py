@@ -2,36 +2,31 @@
 
 A diffusion LM re-runs the whole network at every step. Caches reuse work across steps; all are
 approximations except when they refresh at every step, where each must give exactly the tokens
-of the uncached sampler. Each is a small object with one method, `logits(x, lo, hi, block_start)`,
-returning the logits of the current block's columns; the model never knows which one is in use.
+of the uncached sampler. Each has one method, `logits(x, lo, hi, block_start)`, the logits of the
+current block's columns; the model never knows which one is in use.
 
 - NoCache: the full forward at every step (LLaDA).
-- PrefixCache (Fast-dLLM, arXiv 2505.22618): at each block's first step a full forward stores
-  K/V of every position; later steps recompute the current block AND the masked suffix against
-  the cached prefix (prompt + finished blocks).
-- DualCache (Fast-dLLM): as above, but later steps recompute only the current block (a fixed
-  `block_length` of queries); the suffix's K/V stay as they were at the block's start.
-- FeatureCache (dLLM-Cache, arXiv 2506.06295): per layer it keeps K, V, the attention output A
-  and the FFN output F of every row. With a step counter s, prompt rows are recomputed when
-  (s - 1) % K_p == 0 and response rows when (s - 1) % K_r == 0. On other steps each layer takes
-  the fresh V of the response rows and recomputes attention and FFN only for the rows its refresh
-  policy picks (refresh.py; dLLM-Cache's: the int(rho * gen_length) rows whose fresh V is least
-  similar to the cached V); every other row reuses its cached outputs, h_{l+1} = h_l + A_l + F_l.
-  On a partial step the attention sees the refreshed rows' own fresh V (the CoTA authors' LLaDA-V
-  hook; our default) or every response row's (`fresh_values=True`, dLLM-Cache's LLaDA hook).
-  Reusing RESPONSE features causes the Repeat Curse (arXiv 2601.20520).
+- PrefixCache (Fast-dLLM, arXiv 2505.22618): a block's first step stores K/V of every position;
+  later steps recompute the block AND the masked suffix against the cached prefix.
+- DualCache (Fast-dLLM): later steps recompute only the block; the suffix's K/V stay as they were.
+- FeatureCache (dLLM-Cache, arXiv 2506.06295): per layer it keeps K, V, the attention output A and
+  the FFN output F of every row. At step s, prompt rows are recomputed when (s - 1) % K_p == 0,
+  response rows when (s - 1) % K_r == 0. On other steps each layer takes the response rows' fresh
+  V and recomputes attention and FFN only for the rows its refresh policy picks (refresh.py;
+  dLLM-Cache's: the int(rho * gen_length) rows whose fresh V is least similar to the cached V);
+  every other row reuses its outputs, h_{l+1} = h_l + A_l + F_l. The attention sees the refreshed
+  rows' own fresh V (the CoTA authors' LLaDA-V hook; default) or every response row's
+  (`fresh_values=True`, dLLM-Cache's LLaDA hook). Reusing RESPONSE features causes the Repeat
+  Curse (arXiv 2601.20520).
 
-For CoTA's CTEV a cache also keeps, in `hidden[layer]`, the residual stream after each layer in
-`keep_hidden` for EVERY canvas position: the states the model actually used at this step, stale
-ones included. With `observe=True` it keeps every layer's state, in `attention` the attention
-weights in effect for every row (B, H, L, S + L) per layer, and in `value_norms` each head's
-||v_j|| for every key (B, H, S + L) per layer, for the probes; observing changes no computation.
+`hidden[layer]` keeps, for CoTA's CTEV, the residual stream after each layer in `keep_hidden` for
+every position: the states the model used at this step, stale ones included. `observe=True` keeps
+every layer's, the attention weights in effect (`attention`, (B, H, L, S + L) per layer) and each
+head's ||v_j|| (`value_norms`, (B, H, S + L)), for the probes; it changes no computation.
 
-CUDA-friendly: buffers are allocated once per `generate` call and written in place: prefix and
-dual write one contiguous span of columns (a slice copy), the feature cache scatters its chosen
-rows (`scatter_`); the number of rows per step is a Python int fixed by the step's kind, so shapes
-are static; nothing here syncs with the host. `rows_computed[layer]` counts the rows that went
-through attention and FFN, so the work saved is visible, not only the time.
+Buffers are allocated once per `generate` call and written in place (prefix and dual: a slice
+copy; the feature cache: `scatter_`); rows per step are a Python int, so shapes are static and
+nothing syncs with the host. `rows_computed[layer]` counts rows through attention and FFN.
 """
 
 import torch
@@ -42,11 +37,8 @@ from .refresh import LeastSimilar
 
 
 class KVBuffer:
-    """Preallocated K/V of [sink?; every position] for every layer.
-
-    `update(layer, k, v, span=..., rows=...)` writes the fresh keys/values of the query rows
-    (the columns start..end-1 of every sample, or a (B, R) index) and returns the whole buffer
-    to attend to; `writer(span)` is the object the model's `cache` seam talks to."""
+    """Preallocated K/V of [sink?; every position] for every layer. `update(layer, k, v, span=
+    (start, end) | rows=(B, R) index)` writes the query rows' fresh K/V and returns the whole buffer."""
 
     def __init__(self, model, batch: int, length: int, dtype, device):
         cfg = model.cfg
@@ -72,17 +64,17 @@ class KVBuffer:
         return self.k[layer], self.v[layer]
 
     def writer(self, span=None, rows=None):
-        """For model(..., cache=...): the forward's query rows are the columns span = (start, end)
-        of every sample, or the (B, R) `rows`; their fresh K/V are written there."""
-        buffer = self
+        """For model(..., cache=...): a forward whose query rows are the columns span = (start,
+        end) of every sample, or the (B, R) `rows`."""
+        return KVWriter(self, span, rows)
 
-        class Writer:
-            num_keys = buffer.num_keys
 
-            @staticmethod
-            def update(layer, k, v):
-                return buffer.update(layer, k, v, span=span, rows=rows)
-        return Writer
+class KVWriter:
+    def __init__(self, buffer: KVBuffer, span, rows):
+        self.buffer, self.span, self.rows, self.num_keys = buffer, span, rows, buffer.num_keys
+
+    def update(self, layer, k, v):
+        return self.buffer.update(layer, k, v, span=self.span, rows=self.rows)
 
 
 class NoCache:

@@ -1,39 +1,30 @@
 """CoTA, "Context Tokens are Anchors" (Zhao et al., ICLR 2026, arXiv 2601.20520): CTAE + CTEV.
 
-CTAE, context-token attention enhancement. A distance gain between a response query at position
+CTAE, context-token attention enhancement: a distance gain between a response query at position
 i and a response key at position j,
 
     G_ij = gamma + (1 - gamma) * exp(-((i - j) / tau)^2),        gamma in (0, 1],
 
-multiplies the attention weights of every selected layer and head. We add log G_ij to the
-pre-softmax logits, which is the same thing after renormalisation, and it arrives through the
-model's additive-bias seam, so it works identically in every sampler mode. i and j are TRUE
-canvas positions, also on partial (cached) forwards whose queries are a subset of rows.
-Prompt rows and prompt keys get no gain.
+multiplies the attention weights. We add log G_ij to the pre-softmax logits (the same thing after
+renormalisation) through the model's additive-bias seam, so it works alike in every sampler mode;
+i and j are TRUE canvas positions, also on partial (cached) forwards. Prompt rows and keys get none.
 
-CTEV, context-token entropy-guided voting. The logit-lens entropy of position j at layer l is
-E_l(j) = H(softmax(head(norm(h_l(j))))) / log V; the deep-layer entropy E(j) is its mean over the
-deep band (about the last 20 % of depth, before the final layer). Positions are committed by
+CTEV, context-token entropy-guided voting: with the logit-lens entropy E_l(j) =
+H(softmax(head(norm(h_l(j))))) / log V, and E(j) its mean over the deep band (about the last 20 %
+of depth, before the final layer), positions are committed by
 
-    score(i) = confidence(i) - lambda * mean_{j in C(i)} E(j),    C(i) = {i - w, ..., i + w},
+    score(i) = confidence(i) - lambda * mean_{j in C(i)} E(j),    C(i) = {i - w, ..., i + w}.
 
-instead of confidence alone. With a cache, h_l are the hidden states the model actually used at
-this step, stale ones included: that is the point of the method.
+With a cache, h_l are the states the model actually used at this step, stale ones included.
+gamma = 1 and lambda = 0 leave sampling unchanged (tested). Defaults are the paper's: tau = 5,
+gamma = 0.5, lambda = 0.75, w = 1.
 
-With gamma = 1 and lambda = 0 both terms vanish and sampling is unchanged (tested).
-Defaults are the paper's: tau = 5, gamma = 0.5, lambda = 0.75, w = 1.
-
-Variant (the authors' later code, "context" CTEV): the mean runs only over COMMITTED neighbours
-within +-w (w = 5 there, lambda 0.25) and is zero when there are none; the just-committed
-neighbour's entropy is what the penalty is about, not the masked slot's own. `ctev_mode`
-chooses: "self" (the paper, default) or "context".
-
-Variant (the authors' later code), CTAR, context-token attention repair, in place of CTAE: with
-the feature cache, in the deep band, a response row whose +-`ctar_window` (5) neighbourhood gained
-a committed token since that layer last computed it is recomputed (attention against the current
-keys, then its FFN) on top of the cache's own choice of rows. It repairs staleness instead of
-adding a distance prior. The other samplers recompute every row near a new commit anyway (the
-whole canvas, or the whole current block), so CTAR only acts in the feature cache (cache.py).
+Variants from the authors' later code: "context" CTEV (`ctev_mode`; w = 5, lambda 0.25 there): the
+mean runs only over COMMITTED neighbours and is 0 without any. CTAR, context-token attention
+repair, in place of CTAE: with the feature cache, in the deep band, a response row whose
++-`ctar_window` neighbourhood gained a committed token since that layer last computed it is
+recomputed too (refresh.py's StaleFirst); it repairs staleness instead of adding a distance
+prior. The other samplers recompute every row near a new commit anyway, so CTAR acts only there.
 """
 import math
 from dataclasses import dataclass

@@ -83,19 +83,3 @@ def evaluate_nelbo(model, windows, mask_id, n_mc=16, batch_size=32, seed=0):
     per_window /= n_mc
     se = per_window.std() / math.sqrt(N) if N > 1 else torch.tensor(float("nan"))
     return per_window.mean().item(), se.item()
-
-
-def describe_nelbo(nats: float, se: float) -> str:
-    """One line: bits per token and the perplexity bound, each with its standard error."""
-    bits, bits_se = nats / math.log(2), se / math.log(2)
-    ppl = math.exp(nats) if nats < 700 else float("inf")  # a diverged model must not crash the log
-    return (f"val NELBO {bits:.3f} +- {bits_se:.3f} bits/token "
-            f"(perplexity <= {ppl:.2f} +- {ppl * se:.2f})")
-
-
-def unigram_entropy_bits(windows, vocab_size: int) -> float:
-    """Entropy (bits/token) of the token frequencies of `windows` themselves: what a model that
-    knows only word frequencies would score. A NELBO near it means nothing was learned from context."""
-    counts = torch.bincount(windows.flatten().cpu(), minlength=vocab_size).double()
-    p = counts[counts > 0] / counts.sum()
-    return float(-(p * p.log2()).sum())

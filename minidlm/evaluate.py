@@ -4,7 +4,10 @@ The corpus grammar comes with an exact recognizer (corpus.is_grammatical), so a 
 scored without a judge model: prompt with the first sentence of a held-out story, generate, and
 count which COMPLETE generated sentences the grammar can produce. The rate pools sentences over
 all samples (a sample with more sentences weighs more); a trailing fragment is not counted.
+Beside it, what a validation NELBO means: in bits, and against the unigram entropy.
 """
+import math
+
 import torch
 
 from .corpus import is_grammatical, split_sentences
@@ -84,3 +87,19 @@ def main():
 
 if __name__ == "__main__":
     main()
+
+
+def describe_nelbo(nats: float, se: float) -> str:
+    """One line: bits per token and the perplexity bound, each with its standard error."""
+    bits, bits_se = nats / math.log(2), se / math.log(2)
+    ppl = math.exp(nats) if nats < 700 else float("inf")  # a diverged model must not crash the log
+    return (f"val NELBO {bits:.3f} +- {bits_se:.3f} bits/token "
+            f"(perplexity <= {ppl:.2f} +- {ppl * se:.2f})")
+
+
+def unigram_entropy_bits(windows, vocab_size: int) -> float:
+    """Entropy (bits/token) of the token frequencies of `windows` themselves: what a model that
+    knows only word frequencies would score. A NELBO near it means nothing was learned from context."""
+    counts = torch.bincount(windows.flatten().cpu(), minlength=vocab_size).double()
+    p = counts[counts > 0] / counts.sum()
+    return float(-(p * p.log2()).sum())

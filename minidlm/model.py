@@ -1,34 +1,26 @@
 """The network: a bidirectional pre-norm transformer that predicts every position's token.
 
-A masked-diffusion LM is a BERT-shaped network trained with a diffusion objective (see
-diffusion.py). Notable choices, after LLaDA (arXiv 2502.09992) and nanochat:
-- bidirectional attention (no causal mask), no timestep input, no biases;
-- pre-norm RMSNorm, rotary position embeddings (RoPE), a plain MLP (GELU, or ReLU^2);
-- options train_tiny.py turns on by default (modded-nanogpt's speedrun levers, docs/training.md):
-  QK-norm (queries and keys RMS-normalised per head before RoPE), ReLU^2, residual projections
-  initialised at zero, and a bias on the output logits (started at the log unigram frequencies);
-  the defaults here are the first round's architecture, so its checkpoints load unchanged;
-- `sink=True` adds ONE extra [SINK] token ("One Token Is Enough", arXiv 2601.19657): it is
-  prepended at RoPE position 0 with its own learned embedding, its row attends only to itself,
-  every row may attend to it, and its output is sliced off before the final norm and head. It is
-  never masked and never predicted, so neither the objective nor the sampler knows it exists.
-  `sink_rotation=False` (ours, an experiment): RoPE no longer rotates the sink's key by its
-  distance to the query; every query i scores it as q_i . k_sink without rotation, so the sink
-  is one constant no-op key rather than a different one at every distance. It is done in the
-  mask: column 0 gets the difference between that score and the rotated one.
+A masked-diffusion LM is a BERT-shaped network trained with a diffusion objective (diffusion.py).
+After LLaDA (arXiv 2502.09992) and nanochat: bidirectional attention (no causal mask), no timestep
+input, no biases, pre-norm RMSNorm, rotary position embeddings (RoPE), a plain MLP. train_tiny.py
+turns on modded-nanogpt's speedrun levers (docs/training.md): QK-norm, ReLU^2, zero-initialised
+residual projections and an output bias started at the log unigram frequencies; the defaults here
+are the first round's architecture, so its checkpoints load unchanged.
 
-The forward has two general seams that the samplers and analyses build on:
-- `cache`: an object with `update(layer, k, v) -> (K, V)`. The forward then runs only the given
-  query rows (at their true `positions`) against the keys/values the cache returns, the sink's
-  constant K/V (`sink_kv`, computed once) included. The model knows nothing about when a cache
-  refreshes: that is the cache's business (cache.py).
-- `attn_bias`: an additive term on the pre-softmax attention logits over content keys. Padding
-  and CoTA's distance gain (log G_ij, arXiv 2601.20520) both arrive through it.
-A cache that recomputes single rows layer by layer (dLLM-Cache) uses two smaller seams instead of
-rebuilding a block: `Block.branches` (a block's attention and FFN outputs for some rows) and
-`Attention.values` (the V projection alone).
-`trace=True` also returns per-layer attention weights, values and hidden states; the logits are
-computed by the very same path, so asking for them changes no logit.
+`sink=True` adds ONE extra [SINK] token ("One Token Is Enough", arXiv 2601.19657): prepended at
+RoPE position 0 with its own learned embedding, its row attends only to itself, every row may
+attend to it, and its output is sliced off before the final norm. It is never masked and never
+predicted, so neither the objective nor the sampler knows it exists. Variants of it that change
+how it is scored live beside this file (sink_variants.py).
+
+Seams for the samplers and analyses:
+- `cache`: an object with `update(layer, k, v) -> (K, V)`: the forward runs only the given query
+  rows (at their true `positions`) against the keys/values it returns, the sink's constant K/V
+  (`sink_kv`, computed once) included. When a cache refreshes is its own business (cache.py).
+- `attn_bias`: additive pre-softmax logits over content keys (padding; CoTA's log G_ij).
+- `Block.branches` and `Attention.values`: a block's attention and FFN outputs for some rows, and
+  the V projection alone, for a cache that recomputes single rows (dLLM-Cache).
+- `trace=True`: per-layer attention weights, values and hidden states, by the very same path.
 """
 import math
 from dataclasses import dataclass, asdict, field
@@ -47,7 +39,7 @@ class ModelConfig:
     max_seq_len: int = 256    # content tokens; the sink, when present, comes on top
     mlp_ratio: int = 4
     sink: bool = False
-    sink_rotation: bool = True  # False: the sink's key is scored without RoPE (see above)
+    sink_rotation: bool = True  # False: the sink's key is scored without RoPE (sink_variants.py)
     rope_base: float = 10000.0
     qk_norm: bool = False       # RMS-normalise queries and keys per head before RoPE
     mlp_act: str = "gelu"       # "gelu" or "relu2" (ReLU squared)
@@ -96,7 +88,7 @@ class Attention(nn.Module):
         self.n_head, self.head_dim = cfg.n_head, cfg.d_model // cfg.n_head
         self.wqkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=False)
         self.wo = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
-        self.unrotated_sink = cfg.sink and not cfg.sink_rotation
+        self.score_mod = None  # a sink variant's change to the attention mask (sink_variants.py)
         self.q_norm = RMSNorm(self.head_dim) if cfg.qk_norm else nn.Identity()
         self.k_norm = RMSNorm(self.head_dim) if cfg.qk_norm else nn.Identity()
 
@@ -116,8 +108,8 @@ class Attention(nn.Module):
         q, k, v = self.qkv(x, rope)
         if kv_update is not None:
             k, v = kv_update(k, v)
-        if self.unrotated_sink:
-            mask = self.unrotate_sink_score(q, k, rope, mask)
+        if self.score_mod is not None:
+            mask = self.score_mod(q, k, rope, mask)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         if trace is not None and trace.attention:  # weights beside the fast path; y is unchanged
             logits = q @ k.transpose(-1, -2) / math.sqrt(self.head_dim)
@@ -125,15 +117,6 @@ class Attention(nn.Module):
             trace.values.append(v)
         B, H, T, D = y.shape
         return self.wo(y.transpose(1, 2).reshape(B, T, H * D))
-
-    def unrotate_sink_score(self, q, k, rope, mask):
-        """Add to key column 0 ([SINK], at RoPE position 0 so its stored key is unrotated) the
-        change that turns q_i . k_0 (rotated q_i) into the unrotated q_i' . k_0 = q_i . R_i k_0."""
-        B, H, T, D = q.shape
-        k0 = k[:, :, :1].expand(B, H, T, D)
-        change = ((q * apply_rope(k0, *rope)).sum(-1) - (q * k0).sum(-1)) / math.sqrt(D)
-        column = F.pad(change[..., None], (0, k.shape[2] - 1))        # (B, H, T, S + Tk)
-        return column if mask is None else mask + column
 
 
 class MLP(nn.Module):
@@ -187,6 +170,10 @@ class DiffusionLM(nn.Module):
                     nn.init.normal_(w, std=0.02 / math.sqrt(2 * cfg.n_layer))
         if cfg.sink:
             nn.init.normal_(self.sink_embed, std=0.02)
+        if cfg.sink and not cfg.sink_rotation:
+            from .sink_variants import unrotated_sink_score
+            for block in self.blocks:
+                block.attn.score_mod = unrotated_sink_score
 
     @staticmethod
     def _init(m):

@@ -43,37 +43,31 @@ class SamplerConfig:
     cache_stale_first: bool = False    # feature cache: refresh rows next to new commits first (ours)
     cache_fresh_values: bool = False   # feature cache: every response row's fresh V (dLLM-Cache's hook)
     cota: CoTAConfig = field(default_factory=CoTAConfig)  # CTAE / CTEV (cota.py); off by default
-    compile: bool = False              # torch.compile the model forward (none, prefix, dual)
 
     def validate(self, max_prompt_len: int, max_seq_len: int, n_layer: int):
         """Raise ValueError with one clear sentence for an impossible setting."""
         if self.gen_length <= 0 or self.steps <= 0 or self.block_length <= 0:
             raise ValueError("gen length, steps and block length must be positive")
-        if self.gen_length % self.block_length:
-            raise ValueError(f"gen length {self.gen_length} is not divisible by block length "
-                             f"{self.block_length}")
-        num_blocks = self.gen_length // self.block_length
-        if self.steps % num_blocks:
-            raise ValueError(f"steps {self.steps} is not divisible by the number of blocks "
-                             f"{num_blocks} (gen length / block length)")
-        if self.steps // num_blocks > self.block_length:
-            raise ValueError(f"{self.steps // num_blocks} steps per block exceed the block length "
-                             f"{self.block_length}: some steps would commit nothing")
-        if not self.temperature >= 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
-        if self.remasking not in REMASKING:
-            raise ValueError(f"remasking must be one of {', '.join(REMASKING)}, got {self.remasking!r}")
-        if self.cache not in CACHES:
-            raise ValueError(f"cache must be one of {', '.join(CACHES)}, got {self.cache!r}")
-        if self.cache_kp < 1 or self.cache_kr < 1 or not 0 <= self.cache_rho <= 1:
-            raise ValueError("cache K_p and K_r must be >= 1 and rho within [0, 1]")
+        blocks = self.gen_length // self.block_length
+        checks = [
+            (self.gen_length % self.block_length,
+             f"gen length {self.gen_length} is not divisible by block length {self.block_length}"),
+            (self.steps % max(blocks, 1), f"steps {self.steps} is not divisible by the number of "
+             f"blocks {blocks} (gen length / block length)"),
+            (self.steps // max(blocks, 1) > self.block_length, f"{self.steps // max(blocks, 1)} steps "
+             f"per block exceed the block length {self.block_length}: some steps would commit nothing"),
+            (not self.temperature >= 0, f"temperature must be >= 0, got {self.temperature}"),
+            (self.remasking not in REMASKING,
+             f"remasking must be one of {', '.join(REMASKING)}, got {self.remasking!r}"),
+            (self.cache not in CACHES, f"cache must be one of {', '.join(CACHES)}, got {self.cache!r}"),
+            (self.cache_kp < 1 or self.cache_kr < 1 or not 0 <= self.cache_rho <= 1,
+             "cache K_p and K_r must be >= 1 and rho within [0, 1]"),
+            (max_prompt_len + self.gen_length > max_seq_len, f"prompt ({max_prompt_len} tokens) + gen "
+             f"length ({self.gen_length}) exceeds the model's context of {max_seq_len} tokens")]
+        for failed, message in checks:
+            if failed:
+                raise ValueError(message)
         self.cota.validate(n_layer)
-        if self.compile and self.cache == "feature":
-            raise ValueError("--compile covers the none, prefix and dual samplers; the feature cache "
-                             "runs the model layer by layer and is not compiled")
-        if max_prompt_len + self.gen_length > max_seq_len:
-            raise ValueError(f"prompt ({max_prompt_len} tokens) + gen length ({self.gen_length}) "
-                             f"exceeds the model's context of {max_seq_len} tokens")
 
 
 def transfer_schedule(n: int, steps: int) -> list:
@@ -141,20 +135,12 @@ def make_cache(cfg: SamplerConfig, model, x, positions, cota, prompt_len: int, o
                         cota.hidden_layers, observe)
 
 
-_COMPILED = {}
-
-
-def compiled(model):
-    """torch.compile(model), made once per model (opt-in; on CUDA it cuts launch overhead)."""
-    if id(model) not in _COMPILED:
-        _COMPILED[id(model)] = (model, torch.compile(model, dynamic=True))
-    return _COMPILED[id(model)][1]
-
-
 @torch.no_grad()
 def generate(model, prompts, mask_id: int, pad_id: int, cfg: SamplerConfig, seed: int = 0,
              on_step=None, stats=None, observe=False):
     """Sample responses for a batch of prompts (lists of ids). Returns (B, gen_length) ids.
+    `model` may be torch.compile'd (its attributes pass through); the feature cache runs blocks
+    one by one and so does not use the compiled forward.
 
     on_step(step, x, cache) is called after every step with the whole (B, P + gen_length) canvas
     and the cache object; it is for displays and probes, and is the only place that may sync
@@ -170,10 +156,9 @@ def generate(model, prompts, mask_id: int, pad_id: int, cfg: SamplerConfig, seed
     positions = torch.arange(x.shape[1], device=device) - n_pad[:, None]
     pad = padding_bias(n_pad, x.shape[1]) if bool((n_pad > 0).any()) else None
     cota = CoTA(cfg.cota, model, pad, P, x.shape[1], mask_id)
-    runner = compiled(model) if cfg.compile else model  # attributes pass through to `model`
     num_blocks = cfg.gen_length // cfg.block_length
     steps_per_block = cfg.steps // num_blocks
-    cache = make_cache(cfg, runner, x, positions, cota, P, observe,
+    cache = make_cache(cfg, model, x, positions, cota, P, observe,
                        per_step=transfer_schedule(cfg.block_length, steps_per_block)[0])
     step = 0
     for b in range(num_blocks):
