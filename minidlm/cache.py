@@ -52,9 +52,13 @@ class KVBuffer:
                 self.v[layer, :, :, :1] = v
         self.num_keys = self.sink + length
 
-    def update(self, layer: int, k, v, span=None, rows=None):
+    def update(self, layer: int, k, v, span=None, rows=None, keep=None):
+        """keep: (B, end - start) bool or None; rows of the span it marks False keep their K/V."""
         if span is not None:  # a plain slice copy: several times cheaper than a scatter
             start, end = span[0] + self.sink, span[1] + self.sink
+            if keep is not None:
+                k = torch.where(keep[:, None, :, None], k, self.k[layer][:, :, start:end])
+                v = torch.where(keep[:, None, :, None], v, self.v[layer][:, :, start:end])
             self.k[layer][:, :, start:end] = k
             self.v[layer][:, :, start:end] = v
         else:
@@ -63,18 +67,18 @@ class KVBuffer:
             self.v[layer].scatter_(2, index, v)
         return self.k[layer], self.v[layer]
 
-    def writer(self, span=None, rows=None):
+    def writer(self, span=None, rows=None, keep=None):
         """For model(..., cache=...): a forward whose query rows are the columns span = (start,
-        end) of every sample, or the (B, R) `rows`."""
-        return KVWriter(self, span, rows)
+        end) of every sample (`keep`: of which each row writes back), or the (B, R) `rows`."""
+        return KVWriter(self, span, rows, keep)
 
 
 class KVWriter:
-    def __init__(self, buffer: KVBuffer, span, rows):
-        self.buffer, self.span, self.rows, self.num_keys = buffer, span, rows, buffer.num_keys
+    def __init__(self, buffer: KVBuffer, span, rows, keep):
+        self.buffer, self.span, self.rows, self.keep, self.num_keys = buffer, span, rows, keep, buffer.num_keys
 
     def update(self, layer, k, v):
-        return self.buffer.update(layer, k, v, span=self.span, rows=self.rows)
+        return self.buffer.update(layer, k, v, span=self.span, rows=self.rows, keep=self.keep)
 
 
 class NoCache:
@@ -95,26 +99,30 @@ class NoCache:
                                       device=x.device) for _ in range(n_layer if observe else 0)]
         self.value_norms = [None] * (n_layer if observe else 0)
 
-    def forward_rows(self, x, start: int, end: int, kv=None):
-        """Run canvas columns start..end-1 as queries (against `kv`, written at those columns);
-        record the kept hidden states and, when observing, the attention."""
+    def forward_rows(self, x, start: int, end: int, kv=None, keep=None):
+        """Run canvas columns start..end-1 as queries (against `kv`, written at those columns of
+        each row that `keep` marks, or all); record the kept hidden states and, when observing,
+        the attention."""
         self.rows_computed = [n + self.batch * (end - start) for n in self.rows_computed]
         rows = None if (start, end) == (0, self.length) else self.all_rows[:, start:end]
         trace = Trace(attention=self.observe) if self.hidden else None
         out = self.model(x[:, start:end], positions=self.positions[:, start:end],
-                         cache=None if kv is None else kv.writer((start, end)),
+                         cache=None if kv is None else kv.writer((start, end), keep=keep),
                          attn_bias=self.bias_for(rows), trace=trace)
         if trace is None:
             return out
         for layer, buffer in self.hidden.items():
-            buffer[:, start:end] = trace.hidden[layer]
+            fresh = trace.hidden[layer]
+            buffer[:, start:end] = fresh if keep is None else torch.where(keep[..., None], fresh, buffer[:, start:end])
         for buffer, weights in zip(self.attention, trace.attn):  # drop an uncached sink query row
             buffer[:, :, start:end] = weights[:, :, weights.shape[2] - (end - start):]
         for layer, values in enumerate(trace.values):  # values of every key, the sink's included
             self.value_norms[layer] = values.norm(dim=-1)
         return out[0]
 
-    def logits(self, x, lo, hi, block_start):
+    def logits(self, x, lo, hi, block_start, row_spans=None):
+        """Logits of columns lo..hi-1, which cover the current block in every row. row_spans:
+        (lo_r, hi_r), each (B, 1), where the rows' blocks cover different columns (infilling)."""
         return self.forward_rows(x, 0, self.length)[:, lo:hi]
 
 
@@ -128,9 +136,16 @@ class PrefixCache(NoCache):
     def query_span(self, lo, hi):
         return lo, self.length
 
-    def logits(self, x, lo, hi, block_start):
+    def own(self, columns, lo_r, hi_r):
+        """Which query columns are this row's own block + suffix (the rest keep their cache)."""
+        return columns >= lo_r
+
+    def logits(self, x, lo, hi, block_start, row_spans=None):
         start, end = (0, self.length) if block_start else self.query_span(lo, hi)
-        return self.forward_rows(x, start, end, self.kv)[:, lo - start:hi - start]
+        # rows whose block covers fewer columns than the batch's span write back only their own,
+        # so that a row's tokens do not depend on the other rows' hole layouts
+        keep = None if block_start or row_spans is None else self.own(self.all_rows[:, start:end], *row_spans)
+        return self.forward_rows(x, start, end, self.kv, keep)[:, lo - start:hi - start]
 
 
 class DualCache(PrefixCache):
@@ -139,12 +154,16 @@ class DualCache(PrefixCache):
     def query_span(self, lo, hi):
         return lo, hi
 
+    def own(self, columns, lo_r, hi_r):
+        return (columns >= lo_r) & (columns < hi_r)
+
 
 class FeatureCache(NoCache):
     """dLLM-Cache: per-layer K/V, attention and FFN outputs, refreshed every K_p / K_r steps, and
-    in between only for the rows the refresh policy picks (int(rho * gen_length) per layer)."""
+    in between only for the rows the refresh policy picks (int(rho * N) per layer). The "prompt"
+    rows are the given tokens, wherever they are; the "response" rows are the N holes (B, N)."""
 
-    def __init__(self, model, x, positions, bias_for, prompt_len: int, K_p: int, K_r: int, rho: float,
+    def __init__(self, model, x, positions, bias_for, holes, K_p: int, K_r: int, rho: float,
                  policy=None, fresh_values=False, keep_hidden=(), observe=False):
         super().__init__(model, x, positions, bias_for, keep_hidden, observe)
         dtype, device = next(model.parameters()).dtype, x.device
@@ -152,30 +171,35 @@ class FeatureCache(NoCache):
         self.attn_out = torch.zeros(model.cfg.n_layer, self.batch, self.length, model.cfg.d_model,
                                     dtype=dtype, device=device)
         self.ffn_out = torch.zeros_like(self.attn_out)
-        self.P, self.K_p, self.K_r, self.step = prompt_len, K_p, K_r, 0
-        self.n_partial = int(rho * (self.length - prompt_len))
+        N = holes.shape[1]
+        is_hole = torch.zeros_like(x, dtype=torch.bool).scatter_(1, holes, True)
+        self.holes = holes  # the given columns, in order, without a host sync:
+        self.given = is_hole.int().argsort(dim=1, stable=True)[:, :self.length - N]
+        self.K_p, self.K_r, self.step = K_p, K_r, 0
+        self.n_partial = int(rho * N)
         self.policy = policy or LeastSimilar()
         self.fresh_values = fresh_values
 
-    def logits(self, x, lo, hi, block_start):
+    def logits(self, x, lo, hi, block_start, row_spans=None):
         self.step += 1
         self.policy.start_step(self.step, x)
-        P, S = self.P, self.kv.sink
         refresh_prompt, refresh_response = (self.step - 1) % self.K_p == 0, (self.step - 1) % self.K_r == 0
-        due = ([self.all_rows[:, :P]] if refresh_prompt else []) + ([self.all_rows[:, P:]] if refresh_response else [])
+        due = ([self.given] if refresh_prompt else []) + ([self.holes] if refresh_response else [])
         due = torch.cat(due, dim=1) if due else self.all_rows[:, :0]
         h, rope = self.model.embed_rows(x, self.positions)
+        hole_rows = self.holes[:, :, None].expand(-1, -1, h.shape[-1])
         for layer, block in enumerate(self.model.blocks):
             rows, n = due, self.policy.budget(layer, self.n_partial)
             if not refresh_response and (n > 0 or self.fresh_values):
-                fresh = block.attn.values(block.norm1(h[:, P:]))           # (B, H, G, head_dim)
-                cached = self.kv.v[layer][:, :, S + P:]
+                fresh = block.attn.values(block.norm1(h.gather(1, hole_rows)))  # (B, H, N, head_dim)
+                hole_keys = (self.holes + self.kv.sink)[:, None, :, None].expand_as(fresh)
                 if n > 0:  # low similarity first
+                    cached = self.kv.v[layer].gather(2, hole_keys)
                     similarity = F.cosine_similarity(fresh.transpose(1, 2).flatten(2),
                                                      cached.transpose(1, 2).flatten(2), dim=-1)
-                    rows = torch.cat([due, self.policy.pick(layer, similarity, n) + P], dim=1)
+                    rows = torch.cat([due, self.holes.gather(1, self.policy.pick(layer, similarity, n))], dim=1)
                 if self.fresh_values:  # every response row's fresh V, in attention and next time
-                    cached.copy_(fresh)
+                    self.kv.v[layer].scatter_(2, hole_keys, fresh)
             if rows.shape[1]:
                 h = self.recompute(layer, block, h, rows, rope)
             else:  # nothing to refresh in this layer: reuse both outputs for every row

@@ -7,7 +7,7 @@ i and a response key at position j,
 
 multiplies the attention weights. We add log G_ij to the pre-softmax logits (the same thing after
 renormalisation) through the model's additive-bias seam, so it works alike in every sampler mode;
-i and j are TRUE canvas positions, also on partial (cached) forwards. Prompt rows and keys get none.
+i and j are TRUE canvas positions, also on partial (cached) forwards. Given (prompt) rows and keys get none.
 
 CTEV, context-token entropy-guided voting: with the logit-lens entropy E_l(j) =
 H(softmax(head(norm(h_l(j))))) / log V, and E(j) its mean over the deep band (about the last 20 %
@@ -68,11 +68,12 @@ class CoTAConfig:
         return list(range(last - k, last))
 
 
-def ctae_log_gain(q_pos, k_pos, response_start: int, tau: float, gamma: float):
-    """log G_ij (B, 1, R, L) for query positions (B, R) and key positions (L,); 0 off the response."""
+def ctae_log_gain(q_pos, k_pos, q_response, k_response, tau: float, gamma: float):
+    """log G_ij (B, 1, R, L) for query positions (B, R) and key positions (L,); 0 unless both are
+    response positions (q_response (B, R), k_response (B, L): the holes of the canvas)."""
     dist = (q_pos[:, :, None] - k_pos[None, None, :]).float()
     gain = torch.log(gamma + (1 - gamma) * torch.exp(-(dist / tau) ** 2))
-    both = (q_pos[:, :, None] >= response_start) & (k_pos[None, None, :] >= response_start)
+    both = q_response[:, :, None] & k_response[:, None, :]
     return torch.where(both, gain, torch.zeros((), device=gain.device)).unsqueeze(1)
 
 
@@ -82,9 +83,10 @@ class CoTA:
     the model; and `penalty(x, hidden, lo, hi)`, CTEV's term subtracted from the confidence of the
     block's columns (None when CTEV is off). `refresh_policy` adds CTAR to the feature cache's."""
 
-    def __init__(self, cfg: CoTAConfig, model, pad_bias, prompt_len: int, length: int, mask_id: int):
-        self.cfg, self.model, self.pad, self.P, self.mask_id = cfg, model, pad_bias, prompt_len, mask_id
-        self.positions = torch.arange(length, device=next(model.parameters()).device)
+    def __init__(self, cfg: CoTAConfig, model, pad_bias, is_hole, mask_id: int):
+        """is_hole: (B, L) the canvas's response positions (its holes); pad_bias: (B, 1, 1, L) or None."""
+        self.cfg, self.model, self.pad, self.is_hole, self.mask_id = cfg, model, pad_bias, is_hole, mask_id
+        self.positions = torch.arange(is_hole.shape[1], device=is_hole.device)
         self.deep = cfg.deep_layers(model.cfg.n_layer)
         self.hidden_layers = self.deep if cfg.ctev else []  # what a cache must keep for `penalty`
 
@@ -92,8 +94,8 @@ class CoTA:
         """For query rows (B, R) of canvas positions, or None for every row."""
         if not self.cfg.ctae:
             return self.pad
-        q = self.positions[None] if rows is None else rows
-        gain = ctae_log_gain(q, self.positions, self.P, self.cfg.ctae_tau, self.cfg.ctae_gamma)
+        q, q_hole = (self.positions[None], self.is_hole) if rows is None else (rows, self.is_hole.gather(1, rows))
+        gain = ctae_log_gain(q, self.positions, q_hole, self.is_hole, self.cfg.ctae_tau, self.cfg.ctae_gamma)
         return gain if self.pad is None else gain + self.pad
 
     def penalty(self, x, hidden, lo: int, hi: int):
@@ -105,14 +107,14 @@ class CoTA:
         return self.cfg.ctev_lambda * ctev_penalty(self.model, [hidden[l] for l in self.deep], lo, hi,
                                                    self.cfg.ctev_window, committed)
 
-    def refresh_policy(self, policy, x, per_step: int):
+    def refresh_policy(self, policy, x, holes, per_step: int):
         """CTAR: in the deep band, first every response row whose +-w neighbourhood gained a
         committed token since that layer computed it, with a budget of (2w + 1) more rows per token
         committed in a step (`per_step` at most), so all of them fit; elsewhere `policy` as it was."""
         if not self.cfg.ctar:
             return policy
         if not isinstance(policy, StaleFirst):
-            policy = StaleFirst(x, self.P, self.model.cfg.n_layer, window=0)
+            policy = StaleFirst(x, holes, self.model.cfg.n_layer, window=0)
         for layer in self.deep:
             policy.window[layer] = self.cfg.ctar_window
             policy.extra[layer] = per_step * (2 * self.cfg.ctar_window + 1)

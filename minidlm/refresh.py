@@ -38,8 +38,8 @@ class StaleFirst(LeastSimilar):
     `window[layer]` (0: plain similarity) and `extra[layer]` (more rows) are per layer, which is
     what CoTA's CTAR sets for its deep band (cota.py)."""
 
-    def __init__(self, x, prompt_len: int, n_layer: int, window: int = 1):
-        self.P, self.n_response = prompt_len, x.shape[1] - prompt_len
+    def __init__(self, x, holes, n_layer: int, window: int = 1):
+        self.holes, self.n_response = holes, holes.shape[1]  # (B, N) the response rows' columns
         self.window = dict.fromkeys(range(n_layer), window)
         self.extra = dict.fromkeys(range(n_layer), 0)
         self.previous = x.clone()  # the canvas at the last step, to see what was committed
@@ -57,7 +57,7 @@ class StaleFirst(LeastSimilar):
         w = self.window[layer]
         if w:
             changed = F.max_pool1d(self.changed_at[:, None].float(), 2 * w + 1, stride=1, padding=w)[:, 0]
-            stale = changed[:, self.P:] > self.computed_at[layer][:, self.P:]
+            stale = changed.gather(1, self.holes) > self.computed_at[layer].gather(1, self.holes)
             # cosine similarity spans [-1, 1], a range of 2: subtracting 3 puts every stale row
             # ahead of every fresh one, and keeps the similarity order within each group
             similarity = similarity - 3.0 * stale

@@ -1,7 +1,8 @@
-"""The reverse process: LLaDA's `generate` (arXiv 2502.09992, Algorithm 4 / low-confidence remasking).
+"""The reverse process: LLaDA's sampler (arXiv 2502.09992, Algorithm 4 / low-confidence remasking).
 
-Start from the prompt followed by `gen_length` [MASK]s. The response is cut into blocks of
-`block_length` decoded left to right, each in `steps / num_blocks` steps. At every step:
+A canvas holds given tokens and N [MASK]s, the holes (`infill`); continuation (`generate`) is the
+case "prompt, then one hole of gen_length at the end". The holes, in canvas order, are cut into
+blocks of `block_length` decoded one after another, each in `steps / num_blocks` steps. Each step:
 
     x0_hat   = argmax(logits / T + Gumbel)          (T = 0: plain argmax; noise drawn in float64)
     conf_i   = softmax(logits)_i[x0_hat_i]           (low-confidence)  or  U(0, 1)  (random)
@@ -10,13 +11,13 @@ Start from the prompt followed by `gen_length` [MASK]s. The response is cut into
 where k follows the even schedule: the block's n masks spread over its steps, the first n % steps
 steps taking one more. Committed tokens never change again.
 
-Batching: prompts of different lengths are LEFT-padded so every row's response occupies the same
-columns; padded keys get -inf through the model's additive attention bias and each row's positions
-start at 0 at its first real token, so a row's output does not depend on the others.
-Inside the step loop there is no host sync and no Python loop over rows: k is the same Python int
-for every row, so one batched `topk` commits exactly k tokens per row.
+Batching: canvases of different lengths are LEFT-padded; padded keys get -inf through the model's
+additive attention bias and each row's positions start at 0 at its first real token, so a row's
+output does not depend on the others. Every row has the same N, so k is one Python int and one
+batched `topk` commits exactly k tokens per row; the rows' holes may lie in different columns.
+Inside the step loop there is no host sync and no Python loop over rows.
 """
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
@@ -77,7 +78,7 @@ def transfer_schedule(n: int, steps: int) -> list:
 
 
 def pad_prompts(prompts, pad_id: int, device):
-    """Left-pad prompts (lists of ids) into (B, P); returns the ids and the pad counts (B,)."""
+    """Left-pad lists of ids into (B, P); returns the ids and the pad counts (B,)."""
     P = max(len(p) for p in prompts)
     ids = torch.full((len(prompts), P), pad_id, dtype=torch.long)
     for r, p in enumerate(prompts):
@@ -123,54 +124,78 @@ def commit(x, logits, eligible, k: int, cfg: SamplerConfig, generator, mask_id: 
     return x0, scores
 
 
-def make_cache(cfg: SamplerConfig, model, x, positions, cota, prompt_len: int, observe: bool, per_step: int):
+def make_cache(cfg: SamplerConfig, model, x, positions, cota, holes, observe: bool, per_step: int):
     """The cache `cfg.cache` names, given what it uses (cache.py); CoTA supplies the attention bias,
     the hidden states CTEV reads, and CTAR's refresh policy (its budget: `per_step`, the most tokens
-    one step commits)."""
+    one step commits). holes: (B, N) canvas columns of the holes, in order."""
     if cfg.cache != "feature":
         return CACHES[cfg.cache](model, x, positions, cota.bias, cota.hidden_layers, observe)
-    policy = StaleFirst(x, prompt_len, model.cfg.n_layer) if cfg.cache_stale_first else LeastSimilar()
-    return FeatureCache(model, x, positions, cota.bias, prompt_len, cfg.cache_kp, cfg.cache_kr,
-                        cfg.cache_rho, cota.refresh_policy(policy, x, per_step), cfg.cache_fresh_values,
+    policy = StaleFirst(x, holes, model.cfg.n_layer) if cfg.cache_stale_first else LeastSimilar()
+    return FeatureCache(model, x, positions, cota.bias, holes, cfg.cache_kp, cfg.cache_kr,
+                        cfg.cache_rho, cota.refresh_policy(policy, x, holes, per_step), cfg.cache_fresh_values,
                         cota.hidden_layers, observe)
 
 
 @torch.no_grad()
 def generate(model, prompts, mask_id: int, pad_id: int, cfg: SamplerConfig, seed: int = 0,
              on_step=None, stats=None, observe=False):
-    """Sample responses for a batch of prompts (lists of ids). Returns (B, gen_length) ids.
+    """Continue a batch of prompts (lists of ids) by cfg.gen_length tokens: `infill` with one hole
+    at the end. Returns the responses, (B, gen_length) ids."""
+    if any(mask_id in p for p in prompts):
+        raise ValueError("a prompt contains [MASK]: to fill holes inside the text, use infill")
+    canvases = [list(p) + [mask_id] * cfg.gen_length for p in prompts]
+    return infill(model, canvases, mask_id, pad_id, cfg, seed, on_step, stats, observe)[:, -cfg.gen_length:]
+
+
+@torch.no_grad()
+def infill(model, canvases, mask_id: int, pad_id: int, cfg: SamplerConfig, seed: int = 0,
+           on_step=None, stats=None, observe=False):
+    """Fill the [MASK]s (`mask_id`) of a batch of canvases (lists of ids), every row with the same
+    number N of them; cfg.gen_length is ignored (N takes its place). Returns the filled canvases,
+    LEFT-padded to (B, longest): row r's text is out[r, -len(canvases[r]):].
     `model` may be torch.compile'd (its attributes pass through); the feature cache runs blocks
     one by one and so does not use the compiled forward.
 
-    on_step(step, x, cache) is called after every step with the whole (B, P + gen_length) canvas
-    and the cache object; it is for displays and probes, and is the only place that may sync
-    with the host. observe=True makes the cache keep every layer's hidden states and attention
-    weights for on_step to read (cache.py); it changes no token.
+    on_step(step, x, cache) is called after every step with the whole canvas and the cache object;
+    it is for displays and probes, and is the only place that may sync with the host.
+    observe=True makes the cache keep every layer's hidden states and attention weights for
+    on_step to read (cache.py); it changes no token.
     stats, if a dict, receives the work done: rows computed per layer and the number of steps."""
     device = next(model.parameters()).device
-    cfg.validate(max(len(p) for p in prompts), model.cfg.max_seq_len, model.cfg.n_layer)
+    counts = sorted({sum(t == mask_id for t in c) for c in canvases})
+    if len(counts) > 1:
+        raise ValueError(f"every canvas of a batch needs the same number of [MASK]s, got {counts}")
+    N = counts[0]
+    cfg = replace(cfg, gen_length=N)
+    cfg.validate(max(len(c) for c in canvases) - N, model.cfg.max_seq_len, model.cfg.n_layer)
     generator = torch.Generator(device=device).manual_seed(seed)
-    prompt_ids, n_pad = pad_prompts(prompts, pad_id, device)
-    B, P = prompt_ids.shape
-    x = torch.cat([prompt_ids, torch.full((B, cfg.gen_length), mask_id, device=device)], dim=1)
-    positions = torch.arange(x.shape[1], device=device) - n_pad[:, None]
-    pad = padding_bias(n_pad, x.shape[1]) if bool((n_pad > 0).any()) else None
-    cota = CoTA(cfg.cota, model, pad, P, x.shape[1], mask_id)
-    num_blocks = cfg.gen_length // cfg.block_length
-    steps_per_block = cfg.steps // num_blocks
-    cache = make_cache(cfg, model, x, positions, cota, P, observe,
-                       per_step=transfer_schedule(cfg.block_length, steps_per_block)[0])
+    x, n_pad = pad_prompts(canvases, pad_id, device)
+    B, L = x.shape
+    is_hole = x == mask_id
+    holes = is_hole.int().argsort(dim=1, stable=True)[:, L - N:]  # (B, N) the holes' columns, in order
+    bl = cfg.block_length
+    block_of = torch.where(is_hole, (is_hole.cumsum(1) - 1) // bl, -1)  # each hole's block
+    firsts, lasts = holes[:, ::bl], holes[:, bl - 1::bl] + 1  # (B, blocks): each row's block spans
+    spans = list(zip(firsts.min(0).values.tolist(), lasts.max(0).values.tolist()))  # over all rows
+    same = bool((firsts == firsts[:1]).all() and (lasts == lasts[:1]).all())
+    positions = torch.arange(L, device=device) - n_pad[:, None]
+    pad = padding_bias(n_pad, L) if bool((n_pad > 0).any()) else None
+    cota = CoTA(cfg.cota, model, pad, is_hole, mask_id)
+    steps_per_block = cfg.steps // len(spans)
+    cache = make_cache(cfg, model, x, positions, cota, holes, observe,
+                       per_step=transfer_schedule(bl, steps_per_block)[0])
     step = 0
-    for b in range(num_blocks):
-        lo, hi = P + b * cfg.block_length, P + (b + 1) * cfg.block_length
-        for j, k in enumerate(transfer_schedule(cfg.block_length, steps_per_block)):
-            logits = cache.logits(x, lo, hi, block_start=j == 0)
+    for b, (lo, hi) in enumerate(spans):
+        for j, k in enumerate(transfer_schedule(bl, steps_per_block)):
+            row_spans = None if same else (firsts[:, b:b + 1], lasts[:, b:b + 1])
+            logits = cache.logits(x, lo, hi, j == 0, row_spans)
             penalty = cota.penalty(x, cache.hidden, lo, hi)
-            block = x[:, lo:hi]  # a view: commit writes through it into x
-            commit(block, logits, block == mask_id, k, cfg, generator, mask_id, penalty)
+            span = x[:, lo:hi]  # a view: commit writes through it into x
+            commit(span, logits, (span == mask_id) & (block_of[:, lo:hi] == b), k, cfg, generator,
+                   mask_id, penalty)
             step += 1
             if on_step is not None:
                 on_step(step, x, cache)
     if stats is not None:
         stats.update(rows_per_layer=cache.rows_computed, steps=step)
-    return x[:, P:]
+    return x

@@ -18,9 +18,11 @@ def feature_cache(model, x, prompt_len, cfg):
     """The feature cache generate would build for cfg, on a canvas x with no padding."""
     from minidlm.cota import CoTA
     from minidlm.sampler import make_cache, transfer_schedule
-    cota = CoTA(cfg.cota, model, None, prompt_len, x.shape[1], MASK_ID)
+    is_hole = torch.arange(x.shape[1]).expand_as(x) >= prompt_len
+    cota = CoTA(cfg.cota, model, None, is_hole, MASK_ID)
     steps_per_block = cfg.steps // (cfg.gen_length // cfg.block_length)
-    return make_cache(cfg, model, x, torch.arange(x.shape[1])[None], cota, prompt_len, False,
+    holes = torch.arange(prompt_len, x.shape[1]).expand(x.shape[0], -1)
+    return make_cache(cfg, model, x, torch.arange(x.shape[1])[None], cota, holes, False,
                       per_step=transfer_schedule(cfg.block_length, steps_per_block)[0])
 
 

@@ -41,9 +41,14 @@ def test_cota_with_caches_refreshed_every_step_equals_uncached_cota(prompts, sin
     assert torch.equal(run(prompts, sink, cota, **feature_every_step, **kw), run(prompts, sink, cota, **kw))
 
 
+def response(L, start):
+    """The response mask (1, L) of a continuation whose response starts at `start`."""
+    return (torch.arange(L) >= start)[None]
+
+
 def test_log_gain_values():
     pos = torch.arange(10)
-    g = ctae_log_gain(pos[None], pos, response_start=4, tau=2.0, gamma=0.5)[0, 0]
+    g = ctae_log_gain(pos[None], pos, response(10, 4), response(10, 4), tau=2.0, gamma=0.5)[0, 0]
     assert torch.all(g[:4] == 0) and torch.all(g[:, :4] == 0)          # prompt untouched
     assert torch.allclose(torch.diagonal(g)[4:], torch.zeros(6))       # G_ii = 1
     assert math.isclose(g[4, 6].item(), math.log(0.5 + 0.5 * math.exp(-1)), rel_tol=1e-6)
@@ -53,15 +58,15 @@ def test_log_gain_values():
 @given(rows=st.lists(st.integers(0, 11), min_size=1, max_size=6, unique=True))
 def test_log_gain_uses_true_positions_for_a_subset_of_queries(rows):
     pos = torch.arange(12)
-    full = ctae_log_gain(pos[None], pos, 3, 5.0, 0.5)
-    part = ctae_log_gain(torch.tensor(rows)[None], pos, 3, 5.0, 0.5)
+    full = ctae_log_gain(pos[None], pos, response(12, 3), response(12, 3), 5.0, 0.5)
+    part = ctae_log_gain(torch.tensor(rows)[None], pos, response(12, 3)[:, rows], response(12, 3), 5.0, 0.5)
     assert torch.equal(part[0, 0], full[0, 0, rows])
 
 
 def test_additive_log_gain_is_a_renormalised_multiplicative_gain():
     model = MODELS[False]
     x = torch.randint(0, VOCAB - 3, (1, 9))
-    gain = ctae_log_gain(torch.arange(9)[None], torch.arange(9), 2, 3.0, 0.4)
+    gain = ctae_log_gain(torch.arange(9)[None], torch.arange(9), response(9, 2), response(9, 2), 3.0, 0.4)
     _, plain = model(x, trace=True)
     _, boosted = model(x, attn_bias=gain, trace=True)
     expected = plain.attn[0] * gain.exp()

@@ -139,9 +139,10 @@ HOST_SYNCS = ["item", "tolist", "nonzero", "cpu", "__bool__", "__int__", "__floa
 @pytest.mark.parametrize("cache", ["none", "prefix", "dual", "feature", "stale-first"])
 @pytest.mark.parametrize("cota", ["off", "CoTA", "CTEV context", "CTAR"])
 @pytest.mark.parametrize("sink", [False, True])
-def test_no_host_sync_inside_the_step_loop(cache, cota, sink, monkeypatch):
+@pytest.mark.parametrize("layout", ["continuation", "holes"])
+def test_no_host_sync_inside_the_step_loop(cache, cota, sink, layout, monkeypatch):
     """Every host-sync entry point raises from the first block's schedule to the end of `generate`
-    (on_step, the display hook, is allowed to sync and is switched back on around it)."""
+    or `infill` (on_step, the display hook, is allowed to sync and is switched back on around it)."""
     from minidlm import sampler
     from minidlm.cota import CoTAConfig
     if cota == "CTAR" and cache not in ("feature", "stale-first"):
@@ -173,6 +174,11 @@ def test_no_host_sync_inside_the_step_loop(cache, cota, sink, monkeypatch):
         armed.append(1)
 
     model = tiny_model(sink=sink, n_layer=5)
-    out = generate(model, [[1, 2], [3, 4, 5]], MASK_ID, PAD_ID, cfg, on_step=on_step)
+    if layout == "continuation":
+        out = generate(model, [[1, 2], [3, 4, 5]], MASK_ID, PAD_ID, cfg, on_step=on_step)
+    else:
+        M = MASK_ID
+        out = sampler.infill(model, [[1, M, M, 2] + [M] * 6, [M, M, 3, 4, M, M, M, M, 5, M, M]], MASK_ID,
+                             PAD_ID, cfg, on_step=on_step)
     armed.clear()
-    assert out.shape == (2, 8) and steps[-1] == 0 and len(steps) == 8
+    assert out.shape[0] == 2 and (out == MASK_ID).sum() == 0 and steps[-1] == 0 and len(steps) == 8
