@@ -4,6 +4,8 @@
     python sample.py --prompt "Tom had a red ball." --show     # watch the masks fill in
     python sample.py --prompt "Mia was sad." --prompt "A cat sat." --temperature 0.8 --seed 3
     python sample.py --cache feature --cota            # dLLM-Cache with CoTA against repetition
+    python sample.py --prompt "Tom had a red ball." --suffix "Tom was happy again." --gen-length 24
+    python sample.py --prompt "Once upon a time, <|hole:3|> had a dog. <|hole:3|> loved it." --show
 
 The generated text goes to stdout (one sample per paragraph); settings, timing and the --show
 animation go to stderr, so `python sample.py > out.txt` keeps only the text.
@@ -19,7 +21,8 @@ from minidlm.cli import (SEED, ArgumentParser, die, number, pick_device, positiv
 from minidlm.cache import CACHES
 from minidlm.cota import CTEV_MODES, CoTAConfig
 from minidlm.evaluate import continuation_text, plateau_warning
-from minidlm.sampler import REMASKING, SamplerConfig, generate
+from minidlm.holes import SYNTAX, HoleError, encode_canvas, filled_text, has_holes
+from minidlm.sampler import REMASKING, SamplerConfig, generate, infill
 from minidlm.show import DenoisingView
 from minidlm.sinks import SinkProbe, describe, plot
 
@@ -30,11 +33,19 @@ def build_parser():
     p.add_argument("--checkpoint", default="checkpoints/tiny.pt", help="model file (default %(default)s)")
     p.add_argument("--prompt", action="append", default=None,
                    help="prompt text; repeat the flag for a batch of prompts (default: an empty prompt, "
-                        "i.e. the start of a new story)")
+                        f"i.e. the start of a new story). Holes to fill in anywhere: {SYNTAX}, e.g. "
+                        "'Mia had <|hole:4|>. She loved it.'")
+    p.add_argument("--suffix", default=None, metavar="TEXT",
+                   help="fill in between: each prompt, then --gen-length tokens, then TEXT (a space "
+                        "apart on either side)")
     p.add_argument("--num-samples", type=number(int, 1, 4096), default=1, help="samples per prompt")
-    p.add_argument("--gen-length", type=positive_int, default=s.gen_length, help="tokens to generate")
-    p.add_argument("--steps", type=positive_int, default=s.steps, help="denoising steps in total")
-    p.add_argument("--block-length", type=positive_int, default=s.block_length, help="semi-autoregressive block size")
+    p.add_argument("--gen-length", type=positive_int, default=s.gen_length,
+                   help="tokens to generate after the prompt (default %(default)s)")
+    p.add_argument("--steps", type=positive_int, default=None,
+                   help="denoising steps in total (default: one per masked token)")
+    p.add_argument("--block-length", type=positive_int, default=None,
+                   help=f"semi-autoregressive block size, over the masked tokens in text order (default: "
+                        f"{s.block_length} where it divides their number, else all of them in one block)")
     p.add_argument("--temperature", type=number(float, 0, 1000), default=s.temperature, help="0 = greedy (default)")
     p.add_argument("--remasking", default=s.remasking, choices=REMASKING)
     p.add_argument("--cache", default=s.cache, choices=list(CACHES),
@@ -92,6 +103,57 @@ def cota_label(c: CoTAConfig) -> str:
     return " + ".join(parts)
 
 
+def sampler_config(args, n_masked: int) -> SamplerConfig:
+    """The sampler settings for `n_masked` tokens to fill (the defaults of --steps and --block-length
+    depend on it)."""
+    block = args.block_length or (SamplerConfig.block_length if n_masked % SamplerConfig.block_length == 0
+                                  else n_masked)
+    return SamplerConfig(gen_length=n_masked, steps=args.steps or n_masked, block_length=block,
+                         temperature=args.temperature, remasking=args.remasking, cache=args.cache,
+                         cache_kp=args.cache_kp, cache_kr=args.cache_kr, cache_rho=args.cache_rho,
+                         cache_stale_first=args.cache_stale_first,
+                         cache_fresh_values=args.cache_fresh_values,
+                         cota=CoTAConfig(ctae=args.cota or args.ctae, ctae_tau=args.ctae_tau,
+                                         ctae_gamma=args.ctae_gamma, ctev=args.cota or args.ctev,
+                                         ctev_lambda=args.ctev_lambda, ctev_window=args.ctev_window,
+                                         ctev_mode=args.ctev_mode, ctar=args.ctar,
+                                         ctar_window=args.ctar_window))
+
+
+def check_combinations(args):
+    """Impossible or pointless flag combinations, before any work."""
+    if args.compile and args.cache == "feature":
+        die("--compile covers the none, prefix and dual samplers; the feature cache runs the model "
+            "layer by layer and is not compiled")
+    if args.ctar and args.cache != "feature":
+        print(f"note: --ctar repairs stale rows of the feature cache; --cache {args.cache} recomputes "
+              f"every row next to a new commit anyway, so CTAR changes nothing here", file=sys.stderr)
+    if args.plot and not args.sinks:
+        die("--plot draws the sink probe's figures: add --sinks")
+    if args.plot:
+        require_plot_extra()
+
+
+def runner(model, args):
+    return torch.compile(model, dynamic=True) if args.compile else model
+
+
+def report(args, cfg, n_texts, stats, seconds, device):
+    rows = sum(stats["rows_per_layer"]) / len(stats["rows_per_layer"])
+    cota = f"; CoTA {cota_label(cfg.cota)}" if cfg.cota.ctae or cfg.cota.ctev or cfg.cota.ctar else ""
+    print(f"{n_texts} x {cfg.gen_length} tokens in {cfg.steps} steps, {seconds:.2f}s "
+          f"({n_texts * cfg.gen_length / seconds:.0f} tok/s) on {device.type}, cache {cfg.cache}: "
+          f"{rows:,.0f} rows per layer computed{cota}; model {args.checkpoint}", file=sys.stderr)
+
+
+def timed(device, work):
+    start = time.time()
+    out = work()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return out, time.time() - start
+
+
 def main():
     args = parse_args()
     preflight(folders=[args.plot])
@@ -104,66 +166,86 @@ def main():
     if warning:
         print(warning, file=sys.stderr)
     texts = [t for t in (args.prompt or [""]) for _ in range(args.num_samples)]
+    if args.suffix is not None or any(map(has_holes, texts)):
+        return infill_main(args, model, tokenizer, texts, device)
     prompts = [tokenizer.prompt(t) for t in texts]
-    cfg = SamplerConfig(gen_length=args.gen_length, steps=args.steps, block_length=args.block_length,
-                        temperature=args.temperature, remasking=args.remasking, cache=args.cache,
-                        cache_kp=args.cache_kp, cache_kr=args.cache_kr, cache_rho=args.cache_rho,
-                        cache_stale_first=args.cache_stale_first,
-                        cache_fresh_values=args.cache_fresh_values,
-                        cota=CoTAConfig(ctae=args.cota or args.ctae, ctae_tau=args.ctae_tau,
-                                        ctae_gamma=args.ctae_gamma, ctev=args.cota or args.ctev,
-                                        ctev_lambda=args.ctev_lambda, ctev_window=args.ctev_window,
-                                        ctev_mode=args.ctev_mode, ctar=args.ctar,
-                                        ctar_window=args.ctar_window))
+    cfg = sampler_config(args, args.gen_length)
     try:
         cfg.validate(max(map(len, prompts)), model.cfg.max_seq_len, model.cfg.n_layer)
     except ValueError as e:
         die(str(e))
-
-    if args.compile and args.cache == "feature":
-        die("--compile covers the none, prefix and dual samplers; the feature cache runs the model "
-            "layer by layer and is not compiled")
-    if args.ctar and args.cache != "feature":
-        print(f"note: --ctar repairs stale rows of the feature cache; --cache {args.cache} recomputes "
-              f"every row next to a new commit anyway, so CTAR changes nothing here", file=sys.stderr)
-    if args.plot and not args.sinks:
-        die("--plot draws the sink probe's figures: add --sinks")
-    if args.plot:
-        require_plot_extra()
+    check_combinations(args)
     P = max(map(len, prompts))
     view = DenoisingView(tokenizer, P, args.show_delay) if args.show else None
     probe = SinkProbe(model, tokenizer, list(map(len, prompts)),
                       snapshot_steps=(1, cfg.steps // 2, cfg.steps)) if args.sinks else None
-
     observers = [o for o in (view.draw if view else None, probe) if o is not None]
 
     def on_step(step, x, cache):
         for observer in observers:
             observer(step, x, cache)
 
-    start, stats = time.time(), {}
-    runner = torch.compile(model, dynamic=True) if args.compile else model
-    out = generate(runner, prompts, tokenizer.mask_id, tokenizer.eot_id, cfg, seed=args.seed,
-                   on_step=on_step if observers else None, stats=stats, observe=args.sinks)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    seconds = time.time() - start
+    stats = {}
+    out, seconds = timed(device, lambda: generate(
+        runner(model, args), prompts, tokenizer.mask_id, tokenizer.eot_id, cfg, seed=args.seed,
+        on_step=on_step if observers else None, stats=stats, observe=args.sinks))
     if view:
         view.close()
     for text, row in zip(texts, out):
         print(text + continuation_text(tokenizer, row))
         if len(texts) > 1:
             print()
-    rows = sum(stats["rows_per_layer"]) / len(stats["rows_per_layer"])
-    cota = f"; CoTA {cota_label(cfg.cota)}" if cfg.cota.ctae or cfg.cota.ctev or cfg.cota.ctar else ""
-    print(f"{len(texts)} x {cfg.gen_length} tokens in {cfg.steps} steps, {seconds:.2f}s "
-          f"({len(texts) * cfg.gen_length / seconds:.0f} tok/s) on {device.type}, cache {cfg.cache}: "
-          f"{rows:,.0f} rows per layer computed{cota}; model {args.checkpoint}", file=sys.stderr)
+    report(args, cfg, len(texts), stats, seconds, device)
     if probe:
         print(describe(probe, P), file=sys.stderr)
         if args.plot:
             for path in plot(probe, args.plot, P):
                 print(f"wrote {path}", file=sys.stderr)
+
+
+def infill_main(args, model, tokenizer, texts, device):
+    """Fill the holes of every text (and, with --suffix, the --gen-length tokens before it). Texts
+    with the same number of masked tokens run as one batch; each batch gets the same seed."""
+    if args.sinks:
+        die("--sinks probes continuation; drop the holes and --suffix to use it")
+    if args.suffix is not None:
+        texts = [f"{t.rstrip()} <|hole:{args.gen_length}|> {args.suffix.lstrip()}" for t in texts]
+    try:
+        canvases = [encode_canvas(tokenizer, t) for t in texts]
+    except HoleError as e:
+        die(str(e))
+    for text, canvas in zip(texts, canvases):
+        if tokenizer.mask_id not in canvas:
+            die(f"{text!r} has no hole to fill: mark one with {SYNTAX}, or give --suffix")
+    groups = {}
+    for i, canvas in enumerate(canvases):
+        groups.setdefault(canvas.count(tokenizer.mask_id), []).append(i)
+    configs = {n: sampler_config(args, n) for n in groups}
+    for n, members in groups.items():
+        try:
+            configs[n].validate(max(len(canvases[i]) for i in members) - n, model.cfg.max_seq_len,
+                                model.cfg.n_layer)
+        except ValueError as e:
+            die(f"{len(members)} text(s) with {n} tokens to fill: {e}")
+    check_combinations(args)
+    results = [None] * len(texts)
+    for n, members in groups.items():
+        batch = [canvases[i] for i in members]
+        start = max(map(len, batch)) - len(batch[0]) + 1  # the first text's first column, after padding
+        view = DenoisingView(tokenizer, start, args.show_delay) if args.show else None
+        stats = {}
+        out, seconds = timed(device, lambda: infill(
+            runner(model, args), batch, tokenizer.mask_id, tokenizer.eot_id, configs[n], seed=args.seed,
+            on_step=view.draw if view else None, stats=stats))
+        if view:
+            view.close()
+        for i, row in zip(members, out):
+            results[i] = filled_text(tokenizer, canvases[i], row)[0]
+        report(args, configs[n], len(members), stats, seconds, device)
+    for text in results:
+        print(text)
+        if len(results) > 1:
+            print()
 
 
 if __name__ == "__main__":

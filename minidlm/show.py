@@ -1,7 +1,8 @@
 """`sample.py --show`: watch the reverse process fill the masks in, one frame per step.
 
-Each frame redraws the first sample's response on stderr: committed tokens in plain text, the
-tokens committed at this very step highlighted, still-masked positions as grey blocks.
+Each frame redraws the first sample on stderr from column `start` (the response of a continuation,
+or the whole text when infilling): committed tokens in plain text, the tokens committed at this
+very step highlighted, still-masked positions as grey blocks.
 """
 import math
 import shutil
@@ -13,8 +14,8 @@ MASK_GLYPH = "\u2591"  # light shade block
 
 
 class DenoisingView:
-    def __init__(self, tokenizer, prompt_len: int, delay: float, stream=sys.stderr):
-        self.tok, self.prompt_len, self.delay, self.stream = tokenizer, prompt_len, delay, stream
+    def __init__(self, tokenizer, start: int, delay: float, stream=sys.stderr):
+        self.tok, self.start, self.delay, self.stream = tokenizer, start, delay, stream
         self.previous = None
         self.lines_drawn = 0
         self.colour = stream.isatty()
@@ -22,8 +23,8 @@ class DenoisingView:
     def _paint(self, text, style):
         return f"{style}{text}{RESET}" if self.colour else text
 
-    def draw(self, step: int, canvas, cache=None):  # generate's on_step(step, x, cache); cache unused
-        row = canvas[0, self.prompt_len:].tolist()  # the one host sync, and only with --show
+    def draw(self, step: int, canvas, cache=None):  # the sampler's on_step(step, x, cache); cache unused
+        row = canvas[0, self.start:].tolist()  # the one host sync, and only with --show
         pieces, width = [], 0
         for i, t in enumerate(row):
             text = MASK_GLYPH if t == self.tok.mask_id else self.tok.decode([t]).replace("\n", " ")

@@ -77,6 +77,35 @@ def test_sample_bad_input_is_one_line_and_exit_2(checkpoint, args, needle):
                        needle)
 
 
+@pytest.mark.parametrize("args, needle", [
+    (["--prompt", "a <|hole|> b"], "malformed hole placeholder"),
+    (["--prompt", "a <|hole:two|> b"], "malformed hole placeholder"),
+    (["--prompt", "a <|hole:0|> b"], "a hole of 0 tokens"),
+    (["--prompt", "the cat <|hole:60|> sat"], "exceeds the model's context"),
+    (["--prompt", "the cat", "--suffix", "sat", "--gen-length", "0"], "expected an integer >= 1"),
+    (["--prompt", "a <|hole:4|> b", "--prompt", "no hole here"], "has no hole"),
+    (["--prompt", "a <|hole:4|> b", "--sinks"], "--sinks probes continuation"),
+    (["--prompt", "a <|hole:4|> b", "--block-length", "3"], "not divisible by block length"),
+    (["--prompt", "a", "--suffix", "b <|hole:x|>"], "malformed hole placeholder"),
+])
+def test_infill_bad_input_is_one_line_and_exit_2(checkpoint, args, needle):
+    assert_clean_error(run("sample.py", "--checkpoint", str(checkpoint), *args), needle)
+
+
+def test_infill_fills_every_hole_and_keeps_the_given_text(checkpoint):
+    """Several texts with different hole layouts and counts, --suffix, --show: the given text
+    comes back around the filled holes, in the order given."""
+    r = run("sample.py", "--checkpoint", str(checkpoint), "--prompt", "The cat <|hole:3|> sat. <|hole:2|>",
+            "--prompt", "<|hole:4|> dog", "--show", "--show-delay", "0", "--cache", "dual")
+    assert r.returncode == 0, r.stderr
+    first, second = r.stdout.strip().split("\n\n")
+    assert first.startswith("The cat") and " sat." in first and second.endswith(" dog"), r.stdout
+    assert "step" in r.stderr and r.stderr.count("tok/s") == 2
+    r = run("sample.py", "--checkpoint", str(checkpoint), "--prompt", "The cat", "--suffix", "The end.",
+            "--gen-length", "6", "--cota")
+    assert r.returncode == 0 and r.stdout.startswith("The cat") and r.stdout.strip().endswith("The end."), r.stderr
+
+
 def test_sample_truncated_checkpoint(checkpoint, tmp_path):
     bad = tmp_path / "cut.pt"
     bad.write_bytes(checkpoint.read_bytes()[:1000])
