@@ -27,7 +27,7 @@ import sys
 import time
 
 from minidlm.checkpoint import CheckpointError, load_model
-from minidlm.cli import (SEED, ArgumentParser, die, number, pick_device, positive_int, preflight, pyplot,
+from minidlm.cli import (SEED, ArgumentParser, die, mean_sd, number, pick_device, positive_int, preflight, pyplot,
                          require_plot_extra, run_main, save_figure, write_json)
 from minidlm.corpus import CorpusError
 from minidlm.cota import CoTAConfig
@@ -177,13 +177,7 @@ def plot_flow(flow, path):
 def cell(column, values):
     """One table cell: a value, or mean +- sd over models when there are several."""
     scale = 100 if column in PERCENT else 1
-    xs = [scale * v for v in values]
-    digits = 2 if scale == 100 else 1
-    if len(xs) == 1:
-        return f"{xs[0]:.{digits}f}"
-    mean = sum(xs) / len(xs)
-    sd = (sum((x - mean) ** 2 for x in xs) / (len(xs) - 1)) ** 0.5
-    return f"{mean:.{digits}f} +- {sd:.{digits}f}"
+    return mean_sd([scale * v for v in values], 2 if scale == 100 else 1)
 
 
 def markdown(rows, columns):

@@ -37,6 +37,7 @@ SHIPPED = ["checkpoints/tiny.pt", "checkpoints/tiny-sink.pt"]
 SEED_ARMS = {"baseline": ("base", []), "sink": ("sink", ["--sink"])}  # arm: (file prefix, flags)
 SEEDS = (0, 1, 2)
 REPEAT_SEEDS = "results/repeat_seeds.json"
+INFILL_SEEDS = "results/infill_seeds.json"
 ABLATIONS = [("embedded corpus", "results/ablation.json", ""),  # (what, saved rows, ablation.py flags)
              ("Python's documentation as prose", "results/ablation-pydoc.json",
               " --data runs/pydoc.txt --rows first-round,default --steps 400 --json results/ablation-pydoc.json")]
@@ -87,6 +88,14 @@ def stages(quick: bool, figures: bool):
             "(`python train_tiny.py --seed S`), the same 100 prompts (prompt seed 0) for each: mean +- sd over "
             "the models.")]
           if os.path.exists(REPEAT_SEEDS) and not quick else []),
+        ("Infilling against continuation", ["infill_study.py", "--stories", "100" if quick else "200",
+                                             "--json", f"{out}/infill_study.json"],
+         "The main character's name (or the object) blanked out where it is introduced: filled with the "
+         "later text present (both sides) and with the text cut at the hole (left only)."),
+        *([("Infilling over 3 model seeds (saved rows; remeasure with --seeds)",
+            ["infill_study.py", "--from-json", INFILL_SEEDS],
+            "The same study on the three baseline seed runs of the default recipe: mean +- sd over the models.")]
+          if os.path.exists(INFILL_SEEDS) and not quick else []),
     ]
 
 
@@ -145,11 +154,13 @@ def seed_runs(log):
             run_stage(i, len(jobs), f"train {arm}, seed {s}",
                       ["train_tiny.py", "--seed", str(s), "--out", path, "--force"] + flags, log)
     arms = [f"--arm={arm}={','.join(p)}" for arm, p in paths.items()]
-    run_stage(1, 2, "measure the seed runs", ["sink_compare.py", *arms, "--json", "results/sink_seeds.json"], log)
-    run_stage(2, 2, "the Repeat Curse over the baseline seeds",
+    run_stage(1, 3, "measure the seed runs", ["sink_compare.py", *arms, "--json", "results/sink_seeds.json"], log)
+    run_stage(2, 3, "the Repeat Curse over the baseline seeds",
               ["repeat_study.py", "--checkpoint", *paths["baseline"], "--rows", HEADLINE, "--seeds", "0",
                "--flow-prompts", "0",
                "--json", REPEAT_SEEDS], log)
+    run_stage(3, 3, "infilling over the baseline seeds",
+              ["infill_study.py", "--checkpoint", *paths["baseline"], "--json", INFILL_SEEDS], log)
 
 
 def shipped_models_table(windows_n=32, n_mc=16):

@@ -87,6 +87,16 @@ def write_text(path: str, write):
         raise
 
 
+def mean_sd(values, digits: int) -> str:
+    """"mean +- sd" (sample sd) of several values, or the one value, with `digits` decimals."""
+    xs = list(values)
+    mean = sum(xs) / len(xs)
+    if len(xs) == 1:
+        return f"{mean:.{digits}f}"
+    sd = (sum((x - mean) ** 2 for x in xs) / (len(xs) - 1)) ** 0.5
+    return f"{mean:.{digits}f} +- {sd:.{digits}f}"
+
+
 def write_json(path: str, obj):
     """Write `obj` as indented JSON, atomically (`write_text`)."""
     write_text(path, lambda f: json.dump(obj, f, indent=1))

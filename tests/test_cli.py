@@ -106,6 +106,16 @@ def test_infill_fills_every_hole_and_keeps_the_given_text(checkpoint):
     assert r.returncode == 0 and r.stdout.startswith("The cat") and r.stdout.strip().endswith("The end."), r.stderr
 
 
+def test_infill_study_prints_both_contexts_and_reprints_its_json(checkpoint, tmp_path):
+    out = tmp_path / "infill.json"
+    r = run("infill_study.py", "--checkpoint", str(checkpoint), "--stories", "6", "--json", str(out))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("| both sides |") == 2 and r.stdout.count("| left only |") == 2
+    again = run("infill_study.py", "--from-json", str(out))
+    assert again.returncode == 0 and again.stdout == r.stdout
+    assert_clean_error(run("infill_study.py", "--from-json", str(checkpoint)), "not a table written by")
+
+
 def test_sample_truncated_checkpoint(checkpoint, tmp_path):
     bad = tmp_path / "cut.pt"
     bad.write_bytes(checkpoint.read_bytes()[:1000])

@@ -179,3 +179,22 @@ def test_impossible_canvases_are_refused_with_one_sentence(batch, message):
 def test_a_prompt_with_a_mask_in_it_is_not_a_continuation():
     with pytest.raises(ValueError, match="use infill"):
         generate(MODELS[False], [[1, MASK_ID]], MASK_ID, PAD_ID, SamplerConfig(gen_length=4, block_length=4, steps=4))
+
+
+def test_the_study_blanks_the_first_mention_of_a_word_that_comes_back_later():
+    import sys
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from infill_study import first_mention, holes_of
+    from minidlm.tokenizer import Tokenizer
+    story = "Once upon a time, there was a girl named Mia. She had a kite. Mia flew the kite."
+    start, end = first_mention(story, ["Tom", "Mia"])
+    assert story[start:end] == "Mia" and start == story.index("Mia")
+    assert first_mention("A girl named Mia. She smiled.", ["Mia"]) is None  # never comes back
+    assert first_mention("Mia met Miall.", ["Mia"]) is None                # whole words only
+    tok = Tokenizer.train([story * 20], vocab_size=300)
+    both, word, prefix, suffix = holes_of(tok, story, (start, end), "both sides")
+    left = holes_of(tok, story, (start, end), "left only")[0]
+    n = len(tok.encode(" Mia"))  # the space before the hole belongs to it
+    assert word == "Mia" and both.count(tok.mask_id) == left.count(tok.mask_id) == n
+    assert left[-n:] == [tok.mask_id] * n and both[:len(left)] == left
+    assert tok.decode(both[len(left):]) == suffix
