@@ -38,6 +38,7 @@ SEED_ARMS = {"baseline": ("base", []), "sink": ("sink", ["--sink"])}  # arm: (fi
 SEEDS = (0, 1, 2)
 REPEAT_SEEDS = "results/repeat_seeds.json"
 INFILL_SEEDS = "results/infill_seeds.json"
+SINK_ZERO = "results/sink_zero.json"  # measured by the command in its stage title
 ABLATIONS = [("embedded corpus", "results/ablation.json", ""),  # (what, saved rows, ablation.py flags)
              ("Python's documentation as prose", "results/ablation-pydoc.json",
               " --data runs/pydoc.txt --rows first-round,default --steps 400 --json results/ablation-pydoc.json")]
@@ -80,6 +81,13 @@ def stages(quick: bool, figures: bool):
          ["sink_compare.py", "--from-json", "results/sink_seeds.json"] + plot(os.path.join(docs, "seeds")),
          "Six runs of the default `python train_tiny.py --seed S [--sink]` (1,000 x 8 x 256 tokens), "
          "three per arm; NELBO on 32 windows x 8 samples, the probe over 16 held-out prompts."),
+        *([("The zero-value [SINK] over 2 seeds (saved rows; remeasure with `python sink_compare.py "
+            "--arm baseline=runs/seeds/base-0.pt,runs/seeds/base-1.pt --arm sink=runs/seeds/sink-0.pt,runs/seeds/sink-1.pt "
+            "--arm zero-value=runs/seeds/zsink-0.pt,runs/seeds/zsink-1.pt --json results/sink_zero.json`)",
+            ["sink_compare.py", "--from-json", SINK_ZERO],
+            "Seeds 0 and 1 of the default recipe: no sink, the learned [SINK], and the [SINK] whose value "
+            "vectors are fixed at zero (`python train_tiny.py --seed S --sink --sink-value zero`).")]
+          if os.path.exists(SINK_ZERO) and not quick else []),
         ("The Repeat Curse and CoTA", study + ["--json", f"{out}/repeat_study.json"] + plot(docs),
          "Single block, one token per step, greedy: the authors' protocol."),
         *([("The Repeat Curse over 3 model seeds (saved rows; remeasure with --seeds)",

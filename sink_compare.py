@@ -9,7 +9,8 @@ Each arm is one or more checkpoints trained alike except for the seed; the table
 - the Monte-Carlo validation NELBO (bits/token) and the grammatical rate of greedy samples;
 - from the sink probe (minidlm/sinks.py) over held-out prompts: top-sink switch rate, Jaccard of
   consecutive sink sets, strict sinks per head, the top sink's value norm / mean value norm, and
-  the attention mass on [SINK] (sink models only).
+  the attention mass on [SINK] (sink models only); and Gu et al.'s share of heads whose mean
+  attention to one key exceeds 0.3, for the top content key and for [SINK].
 Then the emergence curve that train_tiny.py logged in each checkpoint (sinks.training_curve_point:
 largest content column mass, its value-norm ratio, mass on [SINK], against training tokens),
 averaged over an arm's seeds; `--plot DIR` draws it (sink_emergence.png, plot extra).
@@ -34,7 +35,8 @@ from minidlm.sinks import SinkProbe
 
 DEFAULT_ARMS = {"baseline": ["checkpoints/tiny.pt"], "sink": ["checkpoints/tiny-sink.pt"]}
 METRICS = ["nelbo", "grammatical", "switch_rate", "jaccard", "strict_sinks", "value_norm_ratio",
-           "sink_mass"]
+           "sink_mass", "heads_over_03", "sink_heads_over_03"]
+PERCENT = ("grammatical", "switch_rate", "sink_mass", "heads_over_03", "sink_heads_over_03")
 
 
 @torch.no_grad()
@@ -52,6 +54,7 @@ def measure(path, device, val_docs, args):
     return {"nelbo": nats / math.log(2), "grammatical": grammatical, "switch_rate": s["switch_rate"],
             "jaccard": s["jaccard"], "strict_sinks": s["strict_sinks_per_head"],
             "value_norm_ratio": s["top_sink_value_norm_ratio"], "sink_mass": s.get("sink_mass"),
+            "heads_over_03": s["heads_over_0.3"], "sink_heads_over_03": s.get("sink_heads_over_0.3"),
             "curve": meta.get("curve", [])}
 
 
@@ -142,11 +145,11 @@ def plot_curves(rows, folder):
 
 
 def cell(row, m):
-    if row[m] is None:
+    if row.get(m) is None:  # not measured (a row saved before the metric existed), or no [SINK]
         return "-"
-    pct = m in ("grammatical", "switch_rate", "sink_mass")
+    pct = m in PERCENT
     value = f"{100 * row[m]:.1f}" if pct else f"{row[m]:.3f}"
-    sd = row[m + "_sd"]
+    sd = row.get(m + "_sd")
     return value + (f" +- {100 * sd if pct else sd:.{1 if pct else 3}f}" if sd is not None else "")
 
 
@@ -208,7 +211,8 @@ def load_saved(path):
 def print_tables(rows, plot_folder):
     """The comparison table, then the emergence curves when the checkpoints logged them."""
     names = ["NELBO bits/token", "grammatical %", "switch rate %", "Jaccard", "strict sinks/head",
-             "top-sink value norm / mean", "mass on [SINK] %"]
+             "top-sink value norm / mean", "mass on [SINK] %", "heads > 0.3 on a content key %",
+             "heads > 0.3 on [SINK] %"]
     print("| model | seeds | " + " | ".join(names) + " |")
     print("|---" * (len(names) + 2) + "|")
     for row in rows:

@@ -40,6 +40,7 @@ from minidlm.evaluate import describe_nelbo, held_out_prompts, sample_grammatica
 from minidlm.model import DiffusionLM, ModelConfig
 from minidlm.optim import build_optimizers, lr_factor, set_lr
 from minidlm.sampler import SamplerConfig
+from minidlm.sink_variants import SINK_VALUES
 from minidlm.sinks import training_curve_point
 from minidlm.tokenizer import MIN_VOCAB, Tokenizer
 
@@ -51,6 +52,9 @@ def build_parser():
     p.add_argument("--sink", action="store_true", help="add the extra [SINK] token (arXiv 2601.19657)")
     p.add_argument("--sink-no-rotation", action="store_true",
                    help="with --sink: score the sink's key without RoPE (an experiment, not the paper)")
+    p.add_argument("--sink-value", default="learned", choices=SINK_VALUES,
+                   help="with --sink: zero fixes the sink's value vectors at 0 in every layer, so "
+                        "attending to it is a pure abstain (the paper's ablation; default learned)")
     p.add_argument("--seed", type=SEED, default=0, help="seed for corpus, init, batches and masks")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default %(default)s)")
     p.add_argument("--threads", type=number(int, 1, 1024), default=None, help="torch CPU threads (default: all cores)")
@@ -100,6 +104,8 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.sink_no_rotation and not args.sink:
         p.error("--sink-no-rotation needs --sink")
+    if args.sink_value != "learned" and not args.sink:
+        p.error("--sink-value needs --sink")
     if args.t_min > args.t_max:
         p.error(f"--t-min {args.t_min} is above --t-max {args.t_max}")
     if args.d_model % args.n_head or (args.d_model // args.n_head) % 2:
@@ -110,13 +116,14 @@ def parse_args(argv=None):
 
 # what a resumed run must share with the saved one (model shape, data, batches, optimizer state)
 RESUME_MUST_MATCH = ("n_layer", "n_head", "d_model", "seq_len", "vocab_size", "sink", "sink_no_rotation",
-                     "qk_norm", "relu2", "unigram_bias", "data", "seed", "batch_size", "optimizer")
+                     "sink_value", "qk_norm", "relu2", "unigram_bias", "data", "seed", "batch_size", "optimizer")
 
 
 def model_config(args, vocab_size: int) -> ModelConfig:
     return ModelConfig(vocab_size=vocab_size, n_layer=args.n_layer, n_head=args.n_head,
                        d_model=args.d_model, max_seq_len=args.seq_len, sink=args.sink,
-                       sink_rotation=not args.sink_no_rotation, qk_norm=args.qk_norm,
+                       sink_rotation=not args.sink_no_rotation, sink_value=args.sink_value,
+                       qk_norm=args.qk_norm,
                        mlp_act="relu2" if args.relu2 else "gelu", head_bias=args.unigram_bias,
                        zero_init=args.zero_init)
 
@@ -138,7 +145,7 @@ def resume_state(args) -> dict:
         state = read(state_path(args.out))
     except CheckpointError as e:
         die(f"cannot resume: {e}")
-    saved = state.get("args", {})
+    saved = {"sink_value": "learned", **state.get("args", {})}  # older runs had only the learned one
     for key in RESUME_MUST_MATCH:
         if key not in saved:
             die(f"cannot resume: {state_path(args.out)} was saved by an older train_tiny.py "

@@ -10,8 +10,8 @@ are the first round's architecture, so its checkpoints load unchanged.
 `sink=True` adds ONE extra [SINK] token ("One Token Is Enough", arXiv 2601.19657): prepended at
 RoPE position 0 with its own learned embedding, its row attends only to itself, every row may
 attend to it, and its output is sliced off before the final norm. It is never masked and never
-predicted, so neither the objective nor the sampler knows it exists. Variants of it that change
-how it is scored live beside this file (sink_variants.py).
+predicted, so neither the objective nor the sampler knows it exists. Variants of it (scored
+without rotation, a value fixed at zero) live beside this file (sink_variants.py).
 
 Seams for the samplers and analyses:
 - `cache`: an object with `update(layer, k, v) -> (K, V)`: the forward runs only the given query
@@ -40,6 +40,7 @@ class ModelConfig:
     mlp_ratio: int = 4
     sink: bool = False
     sink_rotation: bool = True  # False: the sink's key is scored without RoPE (sink_variants.py)
+    sink_value: str = "learned"  # "zero": the sink's value vectors are zero (sink_variants.py)
     rope_base: float = 10000.0
     qk_norm: bool = False       # RMS-normalise queries and keys per head before RoPE
     mlp_act: str = "gelu"       # "gelu" or "relu2" (ReLU squared)
@@ -88,7 +89,7 @@ class Attention(nn.Module):
         self.n_head, self.head_dim = cfg.n_head, cfg.d_model // cfg.n_head
         self.wqkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=False)
         self.wo = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
-        self.score_mod = None  # a sink variant's change to the attention mask (sink_variants.py)
+        self.sink_variant = None  # a sink variant's change to v and the mask (sink_variants.py)
         self.q_norm = RMSNorm(self.head_dim) if cfg.qk_norm else nn.Identity()
         self.k_norm = RMSNorm(self.head_dim) if cfg.qk_norm else nn.Identity()
 
@@ -108,8 +109,8 @@ class Attention(nn.Module):
         q, k, v = self.qkv(x, rope)
         if kv_update is not None:
             k, v = kv_update(k, v)
-        if self.score_mod is not None:
-            mask = self.score_mod(q, k, rope, mask)
+        if self.sink_variant is not None:
+            v, mask = self.sink_variant(q, k, v, rope, mask)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         if trace is not None and trace.attention:  # weights beside the fast path; y is unchanged
             logits = q @ k.transpose(-1, -2) / math.sqrt(self.head_dim)
@@ -170,10 +171,10 @@ class DiffusionLM(nn.Module):
                     nn.init.normal_(w, std=0.02 / math.sqrt(2 * cfg.n_layer))
         if cfg.sink:
             nn.init.normal_(self.sink_embed, std=0.02)
-        if cfg.sink and not cfg.sink_rotation:
-            from .sink_variants import unrotated_sink_score
+        if cfg.sink and (not cfg.sink_rotation or cfg.sink_value != "learned"):
+            from .sink_variants import sink_variant
             for block in self.blocks:
-                block.attn.score_mod = unrotated_sink_score
+                block.attn.sink_variant = sink_variant(cfg)
 
     @staticmethod
     def _init(m):

@@ -1,4 +1,12 @@
-"""Variants of the [SINK] token (model.py), beside the paper's: ours, for the sink studies.
+"""Variants of the [SINK] token (model.py), beside the paper's, for the sink studies. Each acts
+on the attention of every layer, after the cache has supplied the keys and values (so every
+sampler and cache sees the same variant), through `Attention.sink_variant(q, k, v, rope, mask)
+-> (v, mask)`; key/value column 0 is the sink.
+
+Zero-value sink (`ModelConfig(sink_value="zero")`, `train_tiny.py --sink-value zero`): the paper's
+own ablation and Gu et al.'s learnable key with a value fixed at zero. The sink's value vector is
+exactly 0 in every layer and head, so attention to it is a pure abstain: the weights on the other
+keys shrink and nothing is added, a learned "softmax off by one". Its key stays learned.
 
 Unrotated sink (`ModelConfig(sink_rotation=False)`, `train_tiny.py --sink-no-rotation`): RoPE no
 longer rotates the sink's key by its distance to the query. Every query i scores it as
@@ -9,9 +17,31 @@ before rotation, R_i the rotation at position i). Column 0 of the additive mask 
 """
 import math
 
+import torch
 import torch.nn.functional as F
 
 from .model import apply_rope
+
+
+SINK_VALUES = ("learned", "zero")
+
+
+def sink_variant(cfg):
+    """The variant `cfg` asks for, as one function for Attention.sink_variant."""
+    if cfg.sink_value not in SINK_VALUES:
+        raise ValueError(f"sink_value must be one of {', '.join(SINK_VALUES)}, got {cfg.sink_value!r}")
+    unrotated, zero = not cfg.sink_rotation, cfg.sink_value == "zero"
+
+    def apply(q, k, v, rope, mask):
+        return (zero_sink_value(v) if zero else v), (unrotated_sink_score(q, k, rope, mask) if unrotated else mask)
+    return apply
+
+
+def zero_sink_value(v):
+    """v with column 0 ([SINK]) zero: a new tensor; the cache's own buffer is left as it is."""
+    keep = torch.ones(v.shape[2], 1, dtype=v.dtype, device=v.device)
+    keep[0] = 0
+    return v * keep
 
 
 def unrotated_sink_score(q, k, rope, mask):

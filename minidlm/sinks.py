@@ -22,7 +22,10 @@ number of such cases beside it:
 - distinct top sinks: per head, distinct positions among the steps where its top key is a sink,
   averaged over the heads that have such a step;
 - sinks per head (relative, strict) and the top key's kind ([MASK], punctuation/space, prompt,
-  committed response token) and value-norm ratio, over every case; mass on [SINK].
+  committed response token) and value-norm ratio, over every case; mass on [SINK];
+- the literature's yardstick beside ours (Gu et al., "When Attention Sink Emerges"): the share of
+  heads whose mean attention to ONE key exceeds 0.3, for the top content key and for [SINK].
+  It does not scale with the number of keys as 3/N does (at N = 96 keys, 0.3 is 10x the 3/N bar).
 The probe only observes (generate(..., observe=True)); it changes no token (tested).
 """
 from collections import Counter
@@ -44,7 +47,7 @@ class SinkProbe:
         self.sink = int(model.cfg.sink)
         self.prompt_lens = list(prompt_lens)  # real prompt length of each row (without padding)
         self.top, self.top_is_sink, self.sets, self.strict_sets = [], [], [], []
-        self.kinds, self.top_mean = [], []
+        self.kinds, self.top_mean, self.over_03, self.sink_over_03 = [], [], [], []
         self.sink_mass, self.norm_ratio = [], []
         punct = [tokenizer.is_punctuation_token(i) or tokenizer.is_whitespace_token(i)
                  for i in range(tokenizer.vocab_size)]
@@ -70,8 +73,10 @@ class SinkProbe:
         self.top_is_sink.append(is_sink.gather(-1, top[..., None])[..., 0].cpu())
         self.sets.append(is_sink.cpu())
         self.strict_sets.append((is_sink & (norms < mean_norm)).cpu())
+        self.over_03.append((content.masked_fill(~real_keys, 0).amax(-1) > 0.3).cpu())  # (n, B, H)
         if self.sink:
             self.sink_mass.append(col[..., 0].cpu())                              # (n, B, H)
+            self.sink_over_03.append((col[..., 0] > 0.3).cpu())
         top_norm = norms.gather(-1, top[..., None])[..., 0]
         self.norm_ratio.append((top_norm / mean_norm[..., 0]).cpu())              # (n, B, H)
         self.kinds.append(self._kinds(x, top, max(self.prompt_lens)))
@@ -119,11 +124,13 @@ class SinkProbe:
             "strict_sinks_per_head": strict.sum(-1).float().mean().item(),
             "top_sink_kind": {k: kinds.get(i, 0) / total for i, k in enumerate(KINDS)},
             "top_sink_value_norm_ratio": torch.stack(self.norm_ratio).mean().item(),
+            "heads_over_0.3": torch.stack(self.over_03).float().mean().item(),
         }
         if self.sink_mass:
             mass = torch.stack(self.sink_mass)
             out["sink_mass"] = mass.mean().item()
             out["sink_mass_by_layer"] = mass.mean((0, 2, 3)).tolist()
+            out["sink_heads_over_0.3"] = torch.stack(self.sink_over_03).float().mean().item()
         return out
 
     def trajectory(self, row: int = 0) -> list:

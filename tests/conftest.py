@@ -17,10 +17,12 @@ RECIPE = dict(qk_norm=True, mlp_act="relu2", head_bias=True)
 FIRST_ROUND = dict(qk_norm=False, mlp_act="gelu", head_bias=False)
 
 
-def tiny_model(sink=False, seed=0, n_layer=2, max_seq_len=64, sink_rotation=True, arch=RECIPE):
+def tiny_model(sink=False, seed=0, n_layer=2, max_seq_len=64, sink_rotation=True, arch=RECIPE,
+               sink_value="learned"):
     torch.manual_seed(seed)
     cfg = ModelConfig(vocab_size=VOCAB, n_layer=n_layer, n_head=2, d_model=16,
-                      max_seq_len=max_seq_len, sink=sink, sink_rotation=sink_rotation, **arch)
+                      max_seq_len=max_seq_len, sink=sink, sink_rotation=sink_rotation,
+                      sink_value=sink_value, **arch)
     model = DiffusionLM(cfg).double().eval()
     with torch.no_grad():  # larger weights than the init so predictions are not all alike
         for p in model.parameters():

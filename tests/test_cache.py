@@ -10,6 +10,9 @@ from minidlm.sampler import SamplerConfig, generate
 MODELS = {sink: tiny_model(sink=sink, n_layer=3) for sink in (False, True)}
 MODELS["unrotated"] = tiny_model(sink=True, n_layer=3, sink_rotation=False)
 MODELS["first-round"] = tiny_model(sink=True, n_layer=3, arch=FIRST_ROUND)
+MODELS["zero-value"] = tiny_model(sink=True, n_layer=3, sink_value="zero")
+MODELS["zero-value unrotated"] = tiny_model(sink=True, n_layer=3, sink_value="zero", sink_rotation=False)
+VARIANTS = [False, True, "unrotated", "first-round", "zero-value", "zero-value unrotated"]
 prompts_strategy = st.lists(st.lists(st.integers(0, VOCAB - 4), min_size=1, max_size=8),
                             min_size=1, max_size=3)
 
@@ -32,14 +35,14 @@ def run(prompts, sink, model=None, **kwargs):
     return out, stats["rows_per_layer"]
 
 
-@given(prompts=prompts_strategy, sink=st.sampled_from([False, True, "unrotated", "first-round"]), blocks=st.integers(1, 4),
+@given(prompts=prompts_strategy, sink=st.sampled_from(VARIANTS), blocks=st.integers(1, 4),
        block=st.integers(1, 6), cache=st.sampled_from(["prefix", "dual"]))
 def test_prefix_and_dual_with_one_step_per_block_equal_no_cache(prompts, sink, blocks, block, cache):
     kw = dict(gen_length=blocks * block, block_length=block, steps=blocks)
     assert torch.equal(run(prompts, sink, cache=cache, **kw)[0], run(prompts, sink, **kw)[0])
 
 
-@given(prompts=prompts_strategy, sink=st.sampled_from([False, True, "unrotated", "first-round"]), blocks=st.integers(1, 3),
+@given(prompts=prompts_strategy, sink=st.sampled_from(VARIANTS), blocks=st.integers(1, 3),
        block=st.integers(1, 6), data=st.data())
 def test_feature_cache_refreshed_every_step_equals_no_cache(prompts, sink, blocks, block, data):
     spb = data.draw(st.integers(1, block))

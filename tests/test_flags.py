@@ -67,6 +67,7 @@ def test_numeric_flags_take_finite_in_range_values_or_exit_2_with_one_line(scrip
     (["--vocab-size", "100"], ">= 260"),
     (["--t-min", "0.9", "--t-max", "0.1"], "above --t-max"),
     (["--sink-no-rotation"], "needs --sink"),
+    (["--sink-value", "zero"], "needs --sink"),
     (["--seq-len", "4"], ">= 8"),
 ])
 def test_impossible_model_settings_are_refused_up_front(argv, message, capsys):

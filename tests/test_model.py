@@ -90,13 +90,17 @@ def test_unrotated_sink_makes_the_model_blind_to_a_shift_of_every_position(B, T,
     assert not torch.allclose(rotated(x, positions=positions + shift), rotated(x), atol=1e-3)
 
 
-@given(T=st.integers(2, 20), seed=st.integers(0, 99), data=st.data())
-def test_unrotated_sink_partial_forward_against_the_cache_matches_the_full_forward(T, seed, data):
-    model = tiny_model(sink=True, sink_rotation=False)
+@given(T=st.integers(2, 20), seed=st.integers(0, 99), data=st.data(),
+       variant=st.sampled_from([dict(sink_rotation=False), dict(sink_value="zero"),
+                                dict(sink_value="zero", sink_rotation=False)]))
+def test_sink_variants_partial_forward_against_the_cache_matches_the_full_forward(T, seed, data, variant):
+    model = tiny_model(sink=True, **variant)
     x = tokens(2, T, seed)
     full, trace = model(x, trace=True)
     for attn in trace.attn:  # still the paper's mask: the sink row sees only itself
         assert torch.all(attn[:, :, 0, 1:] == 0) and torch.all(attn[:, :, 1:, 0] > 0)
+    for values in trace.values:  # a zero-value sink is exactly zero in every layer and head
+        assert torch.all(values[:, :, 0] == 0) == (variant.get("sink_value") == "zero")
     cache = KVBuffer(model, 2, T, torch.float64, "cpu")
     assert torch.allclose(model(x, cache=cache.writer(span=(0, T))), full, atol=1e-10)
     rows = torch.tensor(sorted(data.draw(st.sets(st.integers(0, T - 1), min_size=1))))

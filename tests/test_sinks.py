@@ -133,3 +133,11 @@ def test_value_norms_are_per_head_and_over_real_columns_only():
     assert s["strict_sinks_per_head"] == 0.5                    # head 0 of each sample
     expected = [0.5 / (9.5 / 10), 1.4 / (10.4 / 10), 0.5 / (6.5 / 7), 1.4 / (7.4 / 7)]
     assert abs(s["top_sink_value_norm_ratio"] - sum(expected) / 4) < 1e-6
+
+
+def test_the_literatures_share_of_heads_over_0_3_counts_heads_not_keys():
+    """Gu et al.'s yardstick: a head counts when its mean attention to one key exceeds 0.3. Head 0
+    puts 0.9 on key 2, head 1 is uniform (0.1 per key): half the heads, at every step."""
+    s = probe_over([[2, None], [2, None]])
+    assert s["heads_over_0.3"] == 0.5
+    assert probe_over([[None, None]])["heads_over_0.3"] == 0.0
