@@ -239,8 +239,8 @@ def infill_main(args, model, tokenizer, texts, device):
             on_step=view.draw if view else None, stats=stats))
         if view:
             view.close()
-        for i, row in zip(members, out):
-            results[i] = filled_text(tokenizer, canvases[i], row)[0]
+        for i, row in zip(members, out):  # a hole at the very start fills in a word with its space
+            results[i] = filled_text(tokenizer, canvases[i], row)[0].lstrip(" ")
         report(args, configs[n], len(members), stats, seconds, device)
     for text in results:
         print(text)
