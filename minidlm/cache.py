@@ -161,9 +161,9 @@ class DualCache(PrefixCache):
 class FeatureCache(NoCache):
     """dLLM-Cache: per-layer K/V, attention and FFN outputs, refreshed every K_p / K_r steps, and
     in between only for the rows the refresh policy picks (int(rho * N) per layer). The "prompt"
-    rows are the given tokens, wherever they are; the "response" rows are the N holes (B, N)."""
+    rows are the given tokens (`given`), wherever they are; the "response" rows are the N holes."""
 
-    def __init__(self, model, x, positions, bias_for, holes, K_p: int, K_r: int, rho: float,
+    def __init__(self, model, x, positions, bias_for, given, holes, K_p: int, K_r: int, rho: float,
                  policy=None, fresh_values=False, keep_hidden=(), observe=False):
         super().__init__(model, x, positions, bias_for, keep_hidden, observe)
         dtype, device = next(model.parameters()).dtype, x.device
@@ -171,12 +171,9 @@ class FeatureCache(NoCache):
         self.attn_out = torch.zeros(model.cfg.n_layer, self.batch, self.length, model.cfg.d_model,
                                     dtype=dtype, device=device)
         self.ffn_out = torch.zeros_like(self.attn_out)
-        N = holes.shape[1]
-        is_hole = torch.zeros_like(x, dtype=torch.bool).scatter_(1, holes, True)
-        self.holes = holes  # the given columns, in order, without a host sync:
-        self.given = is_hole.int().argsort(dim=1, stable=True)[:, :self.length - N]
+        self.given, self.holes = given, holes  # (B, L - N) and (B, N) canvas columns
         self.K_p, self.K_r, self.step = K_p, K_r, 0
-        self.n_partial = int(rho * N)
+        self.n_partial = int(rho * holes.shape[1])
         self.policy = policy or LeastSimilar()
         self.fresh_values = fresh_values
 

@@ -24,8 +24,9 @@ def feature_cache(model, x, prompt_len, cfg):
     is_hole = torch.arange(x.shape[1]).expand_as(x) >= prompt_len
     cota = CoTA(cfg.cota, model, None, is_hole, MASK_ID)
     steps_per_block = cfg.steps // (cfg.gen_length // cfg.block_length)
-    holes = torch.arange(prompt_len, x.shape[1]).expand(x.shape[0], -1)
-    return make_cache(cfg, model, x, torch.arange(x.shape[1])[None], cota, holes, False,
+    columns = torch.arange(x.shape[1]).expand(x.shape[0], -1)
+    return make_cache(cfg, model, x, torch.arange(x.shape[1])[None], cota, columns[:, :prompt_len],
+                      columns[:, prompt_len:], False,
                       per_step=transfer_schedule(cfg.block_length, steps_per_block)[0])
 
 
