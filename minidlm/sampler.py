@@ -49,26 +49,28 @@ class SamplerConfig:
         """Raise ValueError with one clear sentence for an impossible setting."""
         if self.gen_length <= 0 or self.steps <= 0 or self.block_length <= 0:
             raise ValueError("gen length, steps and block length must be positive")
-        blocks = self.gen_length // self.block_length
-        checks = [
-            (self.gen_length % self.block_length,
-             f"gen length {self.gen_length} is not divisible by block length {self.block_length}"),
-            (self.steps % max(blocks, 1), f"steps {self.steps} is not divisible by the number of "
-             f"blocks {blocks} (gen length / block length)"),
-            (self.steps // max(blocks, 1) > self.block_length, f"{self.steps // max(blocks, 1)} steps "
-             f"per block exceed the block length {self.block_length}: some steps would commit nothing"),
-            (not self.temperature >= 0, f"temperature must be >= 0, got {self.temperature}"),
-            (self.remasking not in REMASKING,
-             f"remasking must be one of {', '.join(REMASKING)}, got {self.remasking!r}"),
-            (self.cache not in CACHES, f"cache must be one of {', '.join(CACHES)}, got {self.cache!r}"),
-            (self.cache_kp < 1 or self.cache_kr < 1 or not 0 <= self.cache_rho <= 1,
-             "cache K_p and K_r must be >= 1 and rho within [0, 1]"),
-            (max_prompt_len + self.gen_length > max_seq_len, f"prompt ({max_prompt_len} tokens) + gen "
-             f"length ({self.gen_length}) exceeds the model's context of {max_seq_len} tokens")]
-        for failed, message in checks:
-            if failed:
-                raise ValueError(message)
+        if self.gen_length % self.block_length:
+            raise ValueError(f"gen length {self.gen_length} is not divisible by block length "
+                             f"{self.block_length}")
+        num_blocks = self.gen_length // self.block_length
+        if self.steps % num_blocks:
+            raise ValueError(f"steps {self.steps} is not divisible by the number of blocks "
+                             f"{num_blocks} (gen length / block length)")
+        if self.steps // num_blocks > self.block_length:
+            raise ValueError(f"{self.steps // num_blocks} steps per block exceed the block length "
+                             f"{self.block_length}: some steps would commit nothing")
+        if not self.temperature >= 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if self.remasking not in REMASKING:
+            raise ValueError(f"remasking must be one of {', '.join(REMASKING)}, got {self.remasking!r}")
+        if self.cache not in CACHES:
+            raise ValueError(f"cache must be one of {', '.join(CACHES)}, got {self.cache!r}")
+        if self.cache_kp < 1 or self.cache_kr < 1 or not 0 <= self.cache_rho <= 1:
+            raise ValueError("cache K_p and K_r must be >= 1 and rho within [0, 1]")
         self.cota.validate(n_layer)
+        if max_prompt_len + self.gen_length > max_seq_len:
+            raise ValueError(f"prompt ({max_prompt_len} tokens) + gen length ({self.gen_length}) "
+                             f"exceeds the model's context of {max_seq_len} tokens")
 
 
 def transfer_schedule(n: int, steps: int) -> list:
@@ -124,14 +126,14 @@ def commit(x, logits, eligible, k: int, cfg: SamplerConfig, generator, mask_id: 
     return x0, scores
 
 
-def make_cache(cfg: SamplerConfig, model, x, positions, cota, holes, observe: bool, per_step: int):
+def make_cache(cfg: SamplerConfig, model, x, positions, cota, given, holes, observe: bool, per_step: int):
     """The cache `cfg.cache` names, given what it uses (cache.py); CoTA supplies the attention bias,
     the hidden states CTEV reads, and CTAR's refresh policy (its budget: `per_step`, the most tokens
-    one step commits). holes: (B, N) canvas columns of the holes, in order."""
+    one step commits). given, holes: (B, L - N) and (B, N) canvas columns, each in order."""
     if cfg.cache != "feature":
         return CACHES[cfg.cache](model, x, positions, cota.bias, cota.hidden_layers, observe)
     policy = StaleFirst(x, holes, model.cfg.n_layer) if cfg.cache_stale_first else LeastSimilar()
-    return FeatureCache(model, x, positions, cota.bias, holes, cfg.cache_kp, cfg.cache_kr,
+    return FeatureCache(model, x, positions, cota.bias, given, holes, cfg.cache_kp, cfg.cache_kr,
                         cfg.cache_rho, cota.refresh_policy(policy, x, holes, per_step), cfg.cache_fresh_values,
                         cota.hidden_layers, observe)
 
@@ -172,7 +174,8 @@ def infill(model, canvases, mask_id: int, pad_id: int, cfg: SamplerConfig, seed:
     x, n_pad = pad_prompts(canvases, pad_id, device)
     B, L = x.shape
     is_hole = x == mask_id
-    holes = is_hole.int().argsort(dim=1, stable=True)[:, L - N:]  # (B, N) the holes' columns, in order
+    order = is_hole.int().argsort(dim=1, stable=True)  # given columns, then holes, each in order
+    given, holes = order[:, :L - N], order[:, L - N:]  # (B, L - N), (B, N)
     bl = cfg.block_length
     block_of = torch.where(is_hole, (is_hole.cumsum(1) - 1) // bl, -1)  # each hole's block
     firsts, lasts = holes[:, ::bl], holes[:, bl - 1::bl] + 1  # (B, blocks): each row's block spans
@@ -182,7 +185,7 @@ def infill(model, canvases, mask_id: int, pad_id: int, cfg: SamplerConfig, seed:
     pad = padding_bias(n_pad, L) if bool((n_pad > 0).any()) else None
     cota = CoTA(cfg.cota, model, pad, is_hole, mask_id)
     steps_per_block = cfg.steps // len(spans)
-    cache = make_cache(cfg, model, x, positions, cota, holes, observe,
+    cache = make_cache(cfg, model, x, positions, cota, given, holes, observe,
                        per_step=transfer_schedule(bl, steps_per_block)[0])
     step = 0
     for b, (lo, hi) in enumerate(spans):
