@@ -3,82 +3,26 @@
 A diffusion LM re-runs the whole network at every step. Caches reuse work across steps; all are
 approximations except when they refresh at every step, where each must give exactly the tokens
 of the uncached sampler. Each has one method, `logits(x, lo, hi, block_start)`, the logits of the
-current block's columns; the model never knows which one is in use.
-
-- NoCache: the full forward at every step (LLaDA).
-- PrefixCache (Fast-dLLM, arXiv 2505.22618): a block's first step stores K/V of every position;
-  later steps recompute the block AND the masked suffix against the cached prefix.
-- DualCache (Fast-dLLM): later steps recompute only the block; the suffix's K/V stay as they were.
-- FeatureCache (dLLM-Cache, arXiv 2506.06295): per layer it keeps K, V, the attention output A and
-  the FFN output F of every row. At step s, prompt rows are recomputed when (s - 1) % K_p == 0,
-  response rows when (s - 1) % K_r == 0. On other steps each layer takes the response rows' fresh
-  V and recomputes attention and FFN only for the rows its refresh policy picks (refresh.py;
-  dLLM-Cache's: the int(rho * gen_length) rows whose fresh V is least similar to the cached V);
-  every other row reuses its outputs, h_{l+1} = h_l + A_l + F_l. The attention sees the refreshed
-  rows' own fresh V (the CoTA authors' LLaDA-V hook; default) or every response row's
-  (`fresh_values=True`, dLLM-Cache's LLaDA hook). Reusing RESPONSE features causes the Repeat
-  Curse (arXiv 2601.20520).
+current block's columns; the model never knows which one is in use. NoCache is LLaDA's full
+forward; PrefixCache and DualCache are Fast-dLLM's (arXiv 2505.22618); FeatureCache is
+dLLM-Cache's (arXiv 2506.06295), whose reuse of RESPONSE features causes the Repeat Curse
+(arXiv 2601.20520).
 
 `hidden[layer]` keeps, for CoTA's CTEV, the residual stream after each layer in `keep_hidden` for
 every position: the states the model used at this step, stale ones included. `observe=True` keeps
-every layer's, the attention weights in effect (`attention`, (B, H, L, S + L) per layer) and each
-head's ||v_j|| (`value_norms`, (B, H, S + L)), for the probes; it changes no computation.
-
-Buffers are allocated once per `generate` call and written in place (prefix and dual: a slice
-copy; the feature cache: `scatter_`); rows per step are a Python int, so shapes are static and
-nothing syncs with the host. `rows_computed[layer]` counts rows through attention and FFN.
+every layer's, and an `AttentionRecord` of the attention in effect for the probes (observe.py);
+it changes no computation. Buffers are allocated once per call and written in place; rows per
+step are a Python int, so shapes are static and nothing syncs with the host.
+`rows_computed[layer]` counts rows through attention and FFN.
 """
 
 import torch
 import torch.nn.functional as F
 
+from .kv import KVBuffer
 from .model import Trace
+from .observe import AttentionRecord
 from .refresh import LeastSimilar
-
-
-class KVBuffer:
-    """Preallocated K/V of [sink?; every position] for every layer. `update(layer, k, v, span=
-    (start, end) | rows=(B, R) index)` writes the query rows' fresh K/V and returns the whole buffer."""
-
-    def __init__(self, model, batch: int, length: int, dtype, device):
-        cfg = model.cfg
-        self.sink = int(cfg.sink)
-        shape = (cfg.n_layer, batch, cfg.n_head, self.sink + length, cfg.d_model // cfg.n_head)
-        self.k = torch.zeros(shape, dtype=dtype, device=device)
-        self.v = torch.zeros(shape, dtype=dtype, device=device)
-        if self.sink:  # the sink's K/V are the same for every input and step: computed once
-            for layer, (k, v) in enumerate(model.sink_kv()):
-                self.k[layer, :, :, :1] = k
-                self.v[layer, :, :, :1] = v
-        self.num_keys = self.sink + length
-
-    def update(self, layer: int, k, v, span=None, rows=None, keep=None):
-        """keep: (B, end - start) bool or None; rows of the span it marks False keep their K/V."""
-        if span is not None:  # a plain slice copy: several times cheaper than a scatter
-            start, end = span[0] + self.sink, span[1] + self.sink
-            if keep is not None:
-                k = torch.where(keep[:, None, :, None], k, self.k[layer][:, :, start:end])
-                v = torch.where(keep[:, None, :, None], v, self.v[layer][:, :, start:end])
-            self.k[layer][:, :, start:end] = k
-            self.v[layer][:, :, start:end] = v
-        else:
-            index = (rows + self.sink)[:, None, :, None].expand_as(k)
-            self.k[layer].scatter_(2, index, k)
-            self.v[layer].scatter_(2, index, v)
-        return self.k[layer], self.v[layer]
-
-    def writer(self, span=None, rows=None, keep=None):
-        """For model(..., cache=...): a forward whose query rows are the columns span = (start,
-        end) of every sample (`keep`: of which each row writes back), or the (B, R) `rows`."""
-        return KVWriter(self, span, rows, keep)
-
-
-class KVWriter:
-    def __init__(self, buffer: KVBuffer, span, rows, keep):
-        self.buffer, self.span, self.rows, self.keep, self.num_keys = buffer, span, rows, keep, buffer.num_keys
-
-    def update(self, layer, k, v):
-        return self.buffer.update(layer, k, v, span=self.span, rows=self.rows, keep=self.keep)
 
 
 class NoCache:
@@ -87,25 +31,19 @@ class NoCache:
     def __init__(self, model, x, positions, bias_for, keep_hidden=(), observe=False):
         self.model, self.positions, self.bias_for = model, positions, bias_for
         self.batch, self.length = x.shape
-        n_layer, H, S = model.cfg.n_layer, model.cfg.n_head, int(model.cfg.sink)
+        n_layer, dtype = model.cfg.n_layer, next(model.parameters()).dtype
         self.all_rows = torch.arange(self.length, device=x.device).expand(self.batch, -1)
         self.rows_computed = [0] * n_layer
-        dtype = next(model.parameters()).dtype
-        self.hidden = {layer: torch.zeros(self.batch, self.length, model.cfg.d_model, dtype=dtype,
-                                          device=x.device)
+        self.hidden = {layer: torch.zeros(self.batch, self.length, model.cfg.d_model, dtype=dtype, device=x.device)
                        for layer in (range(n_layer) if observe else keep_hidden)}
-        self.observe = observe
-        self.attention = [torch.zeros(self.batch, H, self.length, S + self.length, dtype=dtype,
-                                      device=x.device) for _ in range(n_layer if observe else 0)]
-        self.value_norms = [None] * (n_layer if observe else 0)
+        self.record = AttentionRecord(model, self.batch, self.length, dtype, x.device) if observe else None
 
     def forward_rows(self, x, start: int, end: int, kv=None, keep=None):
         """Run canvas columns start..end-1 as queries (against `kv`, written at those columns of
-        each row that `keep` marks, or all); record the kept hidden states and, when observing,
-        the attention."""
+        each row that `keep` marks, or all); record the kept hidden states and the attention."""
         self.rows_computed = [n + self.batch * (end - start) for n in self.rows_computed]
         rows = None if (start, end) == (0, self.length) else self.all_rows[:, start:end]
-        trace = Trace(attention=self.observe) if self.hidden else None
+        trace = Trace(attention=self.record is not None) if self.hidden else None
         out = self.model(x[:, start:end], positions=self.positions[:, start:end],
                          cache=None if kv is None else kv.writer((start, end), keep=keep),
                          attn_bias=self.bias_for(rows), trace=trace)
@@ -114,10 +52,8 @@ class NoCache:
         for layer, buffer in self.hidden.items():
             fresh = trace.hidden[layer]
             buffer[:, start:end] = fresh if keep is None else torch.where(keep[..., None], fresh, buffer[:, start:end])
-        for buffer, weights in zip(self.attention, trace.attn):  # drop an uncached sink query row
-            buffer[:, :, start:end] = weights[:, :, weights.shape[2] - (end - start):]
-        for layer, values in enumerate(trace.values):  # values of every key, the sink's included
-            self.value_norms[layer] = values.norm(dim=-1)
+        if self.record is not None:
+            self.record.write_span(trace, start, end)
         return out[0]
 
     def logits(self, x, lo, hi, block_start, row_spans=None):
@@ -127,7 +63,8 @@ class NoCache:
 
 
 class PrefixCache(NoCache):
-    """Fast-dLLM prefix cache: refresh all K/V at a block's start, then run block + suffix."""
+    """Fast-dLLM prefix cache: a block's first step stores K/V of every position; later steps
+    recompute the block AND the masked suffix against the cached prefix."""
 
     def __init__(self, model, x, positions, bias_for, keep_hidden=(), observe=False):
         super().__init__(model, x, positions, bias_for, keep_hidden, observe)
@@ -149,7 +86,7 @@ class PrefixCache(NoCache):
 
 
 class DualCache(PrefixCache):
-    """Fast-dLLM dual cache: after the block's first step, only the block's rows are run."""
+    """Fast-dLLM dual cache: later steps recompute only the block; the suffix's K/V stay as they were."""
 
     def query_span(self, lo, hi):
         return lo, hi
@@ -159,9 +96,14 @@ class DualCache(PrefixCache):
 
 
 class FeatureCache(NoCache):
-    """dLLM-Cache: per-layer K/V, attention and FFN outputs, refreshed every K_p / K_r steps, and
-    in between only for the rows the refresh policy picks (int(rho * N) per layer). The "prompt"
-    rows are the given tokens (`given`), wherever they are; the "response" rows are the N holes."""
+    """dLLM-Cache: per layer it keeps K, V, the attention output A and the FFN output F of every
+    row. At step s the "prompt" rows (the given tokens, wherever they are) are recomputed when
+    (s - 1) % K_p == 0, the "response" rows (the N holes) when (s - 1) % K_r == 0. On other steps
+    each layer takes the response rows' fresh V and recomputes attention and FFN only for the
+    int(rho * N) rows its refresh policy picks (refresh.py; dLLM-Cache's: the least similar fresh
+    V); every other row reuses its outputs, h_{l+1} = h_l + A_l + F_l. Attention sees the
+    refreshed rows' own fresh V (the CoTA authors' LLaDA-V hook; default) or every response
+    row's (`fresh_values=True`, dLLM-Cache's LLaDA hook)."""
 
     def __init__(self, model, x, positions, bias_for, given, holes, K_p: int, K_r: int, rho: float,
                  policy=None, fresh_values=False, keep_hidden=(), observe=False):
@@ -174,8 +116,7 @@ class FeatureCache(NoCache):
         self.given, self.holes = given, holes  # (B, L - N) and (B, N) canvas columns
         self.K_p, self.K_r, self.step = K_p, K_r, 0
         self.n_partial = int(rho * holes.shape[1])
-        self.policy = policy or LeastSimilar()
-        self.fresh_values = fresh_values
+        self.policy, self.fresh_values = policy or LeastSimilar(), fresh_values
 
     def logits(self, x, lo, hi, block_start, row_spans=None):
         self.step += 1
@@ -206,21 +147,17 @@ class FeatureCache(NoCache):
         return self.model.head(self.model.norm(h[:, lo:hi]))
 
     def recompute(self, layer, block, h, rows, rope):
-        """Attention and FFN for `rows` (B, R) through the block's own branches; cached outputs
-        everywhere else."""
-        d = h.shape[-1]
-        index = rows[:, :, None].expand(-1, -1, d)
+        """Attention and FFN for `rows` (B, R) by the block's own branches; cached outputs elsewhere."""
+        index = rows[:, :, None].expand(-1, -1, h.shape[-1])
         rope_index = rows[:, None, :, None].expand(-1, 1, -1, rope[0].shape[-1])
         rope_rows = (rope[0].gather(2, rope_index), rope[1].gather(2, rope_index))
         mask = self.model.attention_mask(self.bias_for(rows), rows.shape[1], self.length, False,
                                          h.dtype, h.device)
-        trace = Trace() if self.observe else None
+        trace = Trace() if self.record is not None else None
         a, f = block.branches(h.gather(1, index), rope_rows, mask, trace=trace,
                               kv_update=lambda k, v: self.kv.update(layer, k, v, rows=rows))
-        if trace is not None:  # the recomputed rows' weights replace their stale ones
-            weights = trace.attn[0]
-            self.attention[layer].scatter_(2, rows[:, None, :, None].expand_as(weights), weights)
-            self.value_norms[layer] = trace.values[0].norm(dim=-1)
+        if trace is not None:
+            self.record.write_rows(layer, trace, rows)
         self.attn_out[layer].scatter_(1, index, a)
         self.ffn_out[layer].scatter_(1, index, f)
         self.rows_computed[layer] += self.batch * rows.shape[1]

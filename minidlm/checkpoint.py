@@ -11,6 +11,7 @@ target: an interrupted write never leaves a truncated checkpoint where a good on
 """
 import os
 import tempfile
+from dataclasses import asdict
 
 import torch
 
@@ -51,7 +52,7 @@ def state_path(path: str) -> str:
 
 def save_model(path: str, model: DiffusionLM, tokenizer: Tokenizer, meta: dict):
     weights = {k: v.detach().to("cpu", torch.float16) for k, v in model.state_dict().items()}
-    atomic_save({"format": FORMAT, "config": model.cfg.to_dict(), "model": weights,
+    atomic_save({"format": FORMAT, "config": asdict(model.cfg), "model": weights,
                  "tokenizer": tokenizer.state_dict(), "meta": meta}, path)
 
 

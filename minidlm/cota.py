@@ -19,12 +19,9 @@ With a cache, h_l are the states the model actually used at this step, stale one
 gamma = 1 and lambda = 0 leave sampling unchanged (tested). Defaults are the paper's: tau = 5,
 gamma = 0.5, lambda = 0.75, w = 1.
 
-Variants from the authors' later code: "context" CTEV (`ctev_mode`; w = 5, lambda 0.25 there): the
-mean runs only over COMMITTED neighbours and is 0 without any. CTAR, context-token attention
-repair, in place of CTAE: with the feature cache, in the deep band, a response row whose
-+-`ctar_window` neighbourhood gained a committed token since that layer last computed it is
-recomputed too (refresh.py's StaleFirst); it repairs staleness instead of adding a distance
-prior. The other samplers recompute every row near a new commit anyway, so CTAR acts only there.
+Variants from the authors' later code: "context" CTEV (`ctev_mode`; w = 5, lambda 0.25 there)
+averages over COMMITTED neighbours only (0 without any); CTAR repairs the feature cache's stale
+rows in the deep band instead of adding a distance prior (refresh.py, `ctar`).
 """
 import math
 from dataclasses import dataclass
@@ -32,7 +29,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .refresh import StaleFirst
+from .refresh import ctar
 
 
 CTEV_MODES = ("self", "context")  # the paper's, the authors' later variant
@@ -78,10 +75,10 @@ def ctae_log_gain(q_pos, k_pos, q_response, k_response, tau: float, gamma: float
 
 
 class CoTA:
-    """CoTA for one `generate` call, through the sampler's two seams: `bias(rows)`, the additive
-    attention bias of the query rows (padding, plus CTAE's log-gain), which every cache passes to
-    the model; and `penalty(x, hidden, lo, hi)`, CTEV's term subtracted from the confidence of the
-    block's columns (None when CTEV is off). `refresh_policy` adds CTAR to the feature cache's."""
+    """CoTA for one `generate` call, through the sampler's seams: `bias(rows)`, the attention bias
+    of the query rows (padding, plus CTAE's log-gain) that every cache passes to the model;
+    `penalty(x, hidden, lo, hi)`, CTEV's term subtracted from the block's confidences (None when
+    off); `refresh_policy`, CTAR for the feature cache."""
 
     def __init__(self, cfg: CoTAConfig, model, pad_bias, is_hole, mask_id: int):
         """is_hole: (B, L) the canvas's response positions (its holes); pad_bias: (B, 1, 1, L) or None."""
@@ -108,17 +105,10 @@ class CoTA:
                                                    self.cfg.ctev_window, committed)
 
     def refresh_policy(self, policy, x, holes, per_step: int):
-        """CTAR: in the deep band, first every response row whose +-w neighbourhood gained a
-        committed token since that layer computed it, with a budget of (2w + 1) more rows per token
-        committed in a step (`per_step` at most), so all of them fit; elsewhere `policy` as it was."""
+        """The feature cache's refresh policy with CTAR in the deep band (refresh.py), or as it is."""
         if not self.cfg.ctar:
             return policy
-        if not isinstance(policy, StaleFirst):
-            policy = StaleFirst(x, holes, self.model.cfg.n_layer, window=0)
-        for layer in self.deep:
-            policy.window[layer] = self.cfg.ctar_window
-            policy.extra[layer] = per_step * (2 * self.cfg.ctar_window + 1)
-        return policy
+        return ctar(policy, x, holes, self.model.cfg.n_layer, self.deep, self.cfg.ctar_window, per_step)
 
 
 def lens_entropy(model, hidden):
@@ -130,7 +120,6 @@ def lens_entropy(model, hidden):
 
 def ctev_penalty(model, deep_hidden, lo: int, hi: int, window: int, committed=None):
     """mean over j in C(i) of the deep-layer entropy, for the block's columns lo..hi-1: (B, hi-lo).
-
     deep_hidden: list of (B, L, d) hidden states of the deep layers over the whole canvas.
     committed: None ("self" mode: every neighbour in the window counts) or a (B, L) bool mask
     ("context" mode: only committed neighbours count; no such neighbour gives 0)."""

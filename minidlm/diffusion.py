@@ -16,9 +16,8 @@ and only serves to learn faster. Whatever the training loss, evaluation stays th
 
 For evaluation, LLaDA's lower-variance estimator (arXiv 2502.09992, Eq. 6) draws the NUMBER of
 masked tokens l uniformly from 1..L, masks l positions without replacement and weights the summed
-cross-entropy by L / l. The n_mc samples of a window are stratified: l_k = 1 + floor((k + u) L / n_mc)
-with one u ~ U[0, 1) per window, so each l in 1..L is exactly equally likely (no fixed grid that
-over- or under-weights the steep ends of the loss curve) and every window covers the whole range.
+cross-entropy by L / l; `evaluate_nelbo` stratifies l over each window's samples, with no fixed
+grid that would over- or under-weight the steep ends of the loss curve.
 """
 import math
 
@@ -46,12 +45,10 @@ def nelbo_loss(model, x0, mask_id, generator=None):
 
 def train_loss(model, x0, mask_id, generator=None, t_min=0.0, t_max=1.0, weight_by_p=True, eps=EPS,
                rows=slice(None)):
-    """Masked cross-entropy summed over masked positions, divided by all B * L tokens.
-
-    With the defaults this is the NELBO. A narrower t range or weight_by_p=False (plain masked CE,
-    no 1/p) trains on what the model can learn from soonest, and is no longer the bound.
-    rows: the rows of x0 this process trains on (distributed.py); the masks are drawn for the
-    whole batch, so every process draws the same ones."""
+    """Masked cross-entropy summed over masked positions, divided by all B * L tokens: the NELBO
+    with the defaults; with a narrower t range or weight_by_p=False (plain masked CE, no 1/p) a
+    training loss that is no longer the bound. rows: the rows of x0 this process trains on
+    (distributed.py); the masks are drawn for the whole batch, so every process draws the same."""
     xt, masked, p = forward_process(x0, mask_id, generator, eps=eps, t_min=t_min, t_max=t_max)
     x0, xt, masked, p = x0[rows], xt[rows], masked[rows], p[rows]
     logits = model(xt)
@@ -64,8 +61,9 @@ def evaluate_nelbo(model, windows, mask_id, n_mc=16, batch_size=32, seed=0):
     """Monte-Carlo NELBO of validation windows (N, L) in nats per token.
 
     Returns (mean, standard error across windows). Window n's k-th sample masks
-    l = 1 + floor((k + u_n) L / n_mc) random positions (u_n ~ U[0, 1): l is uniform over 1..L) and
-    scores (L / l) * (sum of masked CE) / L. The standard error is that of the per-window means."""
+    l = 1 + floor((k + u_n) L / n_mc) random positions (one u_n ~ U[0, 1) per window, so each l in
+    1..L is exactly equally likely and every window covers the whole range) and scores
+    (L / l) * (sum of masked CE) / L. The standard error is that of the per-window means."""
     device = windows.device
     g = torch.Generator(device=device).manual_seed(seed)
     N, L = windows.shape

@@ -44,7 +44,7 @@ class FlowRecorder:
         keys = torch.arange(x.shape[1], device=x.device)
         near = (keys[None] - cols[:, None]).abs() <= self.window             # (N, L)
         near = torch.nn.functional.pad(near, (self.sink, 0))                 # the sink is not near
-        mass = torch.stack([(cache.attention[l][rows, :, cols] * near[:, None]).sum(-1).mean(-1)
+        mass = torch.stack([(cache.record.attention[l][rows, :, cols] * near[:, None]).sum(-1).mean(-1)
                             for l in self.deep]).mean(0).cpu()               # (N,)
         for k, (r, c) in enumerate(newly):
             self.entropy[(r, c)], self.local[(r, c)] = entropy[k], mass[k].item()

@@ -1,11 +1,10 @@
 """The network: a bidirectional pre-norm transformer that predicts every position's token.
 
-A masked-diffusion LM is a BERT-shaped network trained with a diffusion objective (diffusion.py).
-After LLaDA (arXiv 2502.09992) and nanochat: bidirectional attention (no causal mask), no timestep
-input, no biases, pre-norm RMSNorm, rotary position embeddings (RoPE), a plain MLP. train_tiny.py
-turns on modded-nanogpt's speedrun levers (docs/training.md): QK-norm, ReLU^2, zero-initialised
-residual projections and an output bias started at the log unigram frequencies; the defaults here
-are the first round's architecture, so its checkpoints load unchanged.
+A BERT-shaped network trained with a diffusion objective (diffusion.py). After LLaDA (arXiv
+2502.09992) and nanochat: bidirectional attention (no causal mask), no timestep input, no biases,
+pre-norm RMSNorm, rotary position embeddings (RoPE), a plain MLP. train_tiny.py turns on the
+speedrun levers (QK-norm, ReLU^2, zero-init projections, a unigram output bias; docs/training.md);
+the defaults here are the first round's, so its checkpoints load unchanged.
 
 `sink=True` adds ONE extra [SINK] token ("One Token Is Enough", arXiv 2601.19657): prepended at
 RoPE position 0 with its own learned embedding, its row attends only to itself, every row may
@@ -16,14 +15,14 @@ without rotation, a value fixed at zero) live beside this file (sink_variants.py
 Seams for the samplers and analyses:
 - `cache`: an object with `update(layer, k, v) -> (K, V)`: the forward runs only the given query
   rows (at their true `positions`) against the keys/values it returns, the sink's constant K/V
-  (`sink_kv`, computed once) included. When a cache refreshes is its own business (cache.py).
+  (kv.sink_kv, computed once) included. When a cache refreshes is its own business (cache.py).
 - `attn_bias`: additive pre-softmax logits over content keys (padding; CoTA's log G_ij).
 - `Block.branches` and `Attention.values`: a block's attention and FFN outputs for some rows, and
   the V projection alone, for a cache that recomputes single rows (dLLM-Cache).
 - `trace=True`: per-layer attention weights, values and hidden states, by the very same path.
 """
 import math
-from dataclasses import dataclass, asdict, field
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
@@ -47,9 +46,6 @@ class ModelConfig:
     head_bias: bool = False     # a bias on the output logits (train_tiny starts it at log unigram)
     zero_init: bool = False     # start the residual projections (attn out, MLP down) at zero
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
 
 @dataclass
 class Trace:
@@ -61,12 +57,8 @@ class Trace:
     attention: bool = True                      # False: keep hidden states only (cheaper)
 
 
-class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float = 1e-6):
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
-
+class RMSNorm(nn.RMSNorm):
+    """Written out, in the input's dtype: the library's kernel wants input and weight alike."""
     def forward(self, x):
         return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
 
@@ -90,8 +82,8 @@ class Attention(nn.Module):
         self.wqkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=False)
         self.wo = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
         self.sink_variant = None  # a sink variant's change to v and the mask (sink_variants.py)
-        self.q_norm = RMSNorm(self.head_dim) if cfg.qk_norm else nn.Identity()
-        self.k_norm = RMSNorm(self.head_dim) if cfg.qk_norm else nn.Identity()
+        self.q_norm = RMSNorm(self.head_dim, eps=1e-6) if cfg.qk_norm else nn.Identity()
+        self.k_norm = RMSNorm(self.head_dim, eps=1e-6) if cfg.qk_norm else nn.Identity()
 
     def values(self, x):
         """The value vectors alone, (B, H, T, head_dim): V of wqkv (the same weights qkv uses)."""
@@ -116,8 +108,7 @@ class Attention(nn.Module):
             logits = q @ k.transpose(-1, -2) / math.sqrt(self.head_dim)
             trace.attn.append(torch.softmax(logits if mask is None else logits + mask, dim=-1))
             trace.values.append(v)
-        B, H, T, D = y.shape
-        return self.wo(y.transpose(1, 2).reshape(B, T, H * D))
+        return self.wo(y.transpose(1, 2).flatten(2))  # (B, T, H * head_dim)
 
 
 class MLP(nn.Module):
@@ -137,8 +128,8 @@ class MLP(nn.Module):
 class Block(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.norm1, self.attn = RMSNorm(cfg.d_model), Attention(cfg)
-        self.norm2, self.mlp = RMSNorm(cfg.d_model), MLP(cfg)
+        self.norm1, self.attn = RMSNorm(cfg.d_model, eps=1e-6), Attention(cfg)
+        self.norm2, self.mlp = RMSNorm(cfg.d_model, eps=1e-6), MLP(cfg)
 
     def forward(self, x, rope, mask, kv_update=None, trace=None):
         x = x + self.attn(self.norm1(x), rope, mask, kv_update, trace)
@@ -160,7 +151,7 @@ class DiffusionLM(nn.Module):
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.sink_embed = nn.Parameter(torch.zeros(1, 1, cfg.d_model)) if cfg.sink else None
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
-        self.norm = RMSNorm(cfg.d_model)
+        self.norm = RMSNorm(cfg.d_model, eps=1e-6)
         self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=cfg.head_bias)
         self.apply(self._init)
         for block in self.blocks:  # GPT-2: scale residual projections by depth (or start at 0)
@@ -187,9 +178,8 @@ class DiffusionLM(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     def attention_mask(self, attn_bias, tq, tk, sink_row, dtype, device):
-        """Additive mask over [sink?; content] keys, or None when every score is allowed.
-
-        With a sink, key 0 is the sink; `sink_row` says whether query row 0 is the sink itself."""
+        """Additive mask over [sink?; content] keys, or None when every score is allowed. With a
+        sink, key 0 is the sink; `sink_row` says whether query row 0 is the sink itself."""
         if not self.cfg.sink:
             return None if attn_bias is None else attn_bias.to(dtype)
         s = int(sink_row)
@@ -202,9 +192,8 @@ class DiffusionLM(nn.Module):
         return mask
 
     def embed_rows(self, idx, positions=None):
-        """Token embeddings (B, T, d) and RoPE angles of content rows at their true positions.
-
-        With a sink, content positions are shifted by one: the sink sits at RoPE position 0."""
+        """Token embeddings (B, T, d) and RoPE angles of content rows at their true positions;
+        with a sink, content positions are shifted by one: the sink sits at RoPE position 0."""
         B, T = idx.shape
         if positions is None:
             positions = torch.arange(T, device=idx.device)
@@ -212,30 +201,12 @@ class DiffusionLM(nn.Module):
         return self.embed(idx), rope_angles(positions, self.cfg.d_model // self.cfg.n_head,
                                             self.cfg.rope_base)
 
-    @torch.no_grad()
-    def sink_kv(self):
-        """Per layer, the sink's (k, v), each (1, H, 1, head_dim). Its row sees only itself and its
-        input is constant, so these never change: caches compute them once."""
-        rope = rope_angles(torch.zeros(1, 1, dtype=torch.long, device=self.sink_embed.device),
-                           self.cfg.d_model // self.cfg.n_head, self.cfg.rope_base)
-        x, kvs = self.sink_embed, []
-
-        def keep(k, v):  # attend as usual, and remember this layer's k, v
-            kvs.append((k, v))
-            return k, v
-        for block in self.blocks:
-            x = block(x, rope, None, kv_update=keep)
-        return kvs
-
     def forward(self, idx, positions=None, cache=None, attn_bias=None, trace=False):
         """Logits (B, T, V) for the query rows `idx` (B, T); with trace (True or a Trace to fill),
-        (logits, Trace).
-
-        positions: (B, T) or (T,) true content positions of the rows (default 0..T-1).
-        cache: None (keys = these rows, plus the sink row) or an object with
-            update(layer, k, v) -> (K, V) and num_keys; its K/V include the sink's at index 0.
-        attn_bias: (B|1, H|1, T, Tk) additive logits over content keys.
-        """
+        (logits, Trace). positions: (B, T) or (T,) true content positions (default 0..T-1).
+        cache: None (keys = these rows, plus the sink row) or an object with update(layer, k, v)
+        -> (K, V) and num_keys; its K/V include the sink's at index 0.
+        attn_bias: (B|1, H|1, T, Tk) additive logits over content keys."""
         B, T = idx.shape
         x, rope = self.embed_rows(idx, positions)
         sink_row = self.cfg.sink and cache is None

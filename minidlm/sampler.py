@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from .cache import CACHES, FeatureCache
+from .data import pad_prompts, padding_bias
 from .refresh import LeastSimilar, StaleFirst
 from .cota import CoTA, CoTAConfig
 
@@ -79,23 +80,6 @@ def transfer_schedule(n: int, steps: int) -> list:
     return [base + (1 if s < extra else 0) for s in range(steps)]
 
 
-def pad_prompts(prompts, pad_id: int, device):
-    """Left-pad lists of ids into (B, P); returns the ids and the pad counts (B,)."""
-    P = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), P), pad_id, dtype=torch.long)
-    for r, p in enumerate(prompts):
-        ids[r, P - len(p):] = torch.tensor(p, dtype=torch.long)
-    n_pad = torch.tensor([P - len(p) for p in prompts], dtype=torch.long)
-    return ids.to(device), n_pad.to(device)
-
-
-def padding_bias(n_pad, total_len: int, dtype=torch.float32):
-    """Additive attention bias (B, 1, 1, L): -inf on pad keys, or None when nothing is padded."""
-    cols = torch.arange(total_len, device=n_pad.device)
-    bias = torch.zeros(len(n_pad), 1, 1, total_len, dtype=dtype, device=n_pad.device)
-    return bias.masked_fill((cols < n_pad[:, None])[:, None, None, :], float("-inf"))
-
-
 def choose_tokens(logits, temperature: float, generator):
     """x0_hat = argmax(logits / T + Gumbel), the Gumbel noise in float64 (arXiv 2409.02908)."""
     if temperature == 0:
@@ -127,9 +111,9 @@ def commit(x, logits, eligible, k: int, cfg: SamplerConfig, generator, mask_id: 
 
 
 def make_cache(cfg: SamplerConfig, model, x, positions, cota, given, holes, observe: bool, per_step: int):
-    """The cache `cfg.cache` names, given what it uses (cache.py); CoTA supplies the attention bias,
-    the hidden states CTEV reads, and CTAR's refresh policy (its budget: `per_step`, the most tokens
-    one step commits). given, holes: (B, L - N) and (B, N) canvas columns, each in order."""
+    """The cache `cfg.cache` names (cache.py); CoTA supplies the attention bias, the layers CTEV
+    reads and CTAR's policy (`per_step`: the most tokens one step commits). given, holes: (B, L - N)
+    and (B, N) canvas columns, each in order."""
     if cfg.cache != "feature":
         return CACHES[cfg.cache](model, x, positions, cota.bias, cota.hidden_layers, observe)
     policy = StaleFirst(x, holes, model.cfg.n_layer) if cfg.cache_stale_first else LeastSimilar()
@@ -153,16 +137,12 @@ def generate(model, prompts, mask_id: int, pad_id: int, cfg: SamplerConfig, seed
 def infill(model, canvases, mask_id: int, pad_id: int, cfg: SamplerConfig, seed: int = 0,
            on_step=None, stats=None, observe=False):
     """Fill the [MASK]s (`mask_id`) of a batch of canvases (lists of ids), every row with the same
-    number N of them; cfg.gen_length is ignored (N takes its place). Returns the filled canvases,
-    LEFT-padded to (B, longest): row r's text is out[r, -len(canvases[r]):].
-    `model` may be torch.compile'd (its attributes pass through); the feature cache runs blocks
-    one by one and so does not use the compiled forward.
-
-    on_step(step, x, cache) is called after every step with the whole canvas and the cache object;
-    it is for displays and probes, and is the only place that may sync with the host.
-    observe=True makes the cache keep every layer's hidden states and attention weights for
-    on_step to read (cache.py); it changes no token.
-    stats, if a dict, receives the work done: rows computed per layer and the number of steps."""
+    number N of them (N replaces cfg.gen_length). Returns the filled canvases, LEFT-padded to
+    (B, longest): row r's text is out[r, -len(canvases[r]):]. `model` may be torch.compile'd (the
+    feature cache runs blocks one by one, so not compiled).
+    on_step(step, x, cache), after every step, is for displays and probes, and is the only place
+    that may sync with the host; observe=True makes the cache keep what they read (cache.py), and
+    changes no token. stats, if a dict, receives the rows computed per layer and the steps."""
     device = next(model.parameters()).device
     counts = sorted({sum(t == mask_id for t in c) for c in canvases})
     if len(counts) > 1:
@@ -184,12 +164,11 @@ def infill(model, canvases, mask_id: int, pad_id: int, cfg: SamplerConfig, seed:
     positions = torch.arange(L, device=device) - n_pad[:, None]
     pad = padding_bias(n_pad, L) if bool((n_pad > 0).any()) else None
     cota = CoTA(cfg.cota, model, pad, is_hole, mask_id)
-    steps_per_block = cfg.steps // len(spans)
-    cache = make_cache(cfg, model, x, positions, cota, given, holes, observe,
-                       per_step=transfer_schedule(bl, steps_per_block)[0])
+    schedule = transfer_schedule(bl, cfg.steps // len(spans))  # tokens committed at each step of a block
+    cache = make_cache(cfg, model, x, positions, cota, given, holes, observe, per_step=schedule[0])
     step = 0
     for b, (lo, hi) in enumerate(spans):
-        for j, k in enumerate(transfer_schedule(bl, steps_per_block)):
+        for j, k in enumerate(schedule):
             row_spans = None if same else (firsts[:, b:b + 1], lasts[:, b:b + 1])
             logits = cache.logits(x, lo, hi, j == 0, row_spans)
             penalty = cota.penalty(x, cache.hidden, lo, hi)

@@ -140,7 +140,7 @@ def test_observing_changes_no_token_and_sees_whole_attention_rows(prompts, sink,
     kw = dict(gen_length=8, block_length=4, steps=8, cache=cache, cache_kr=3)
     row_sums = []
     seen = generate(MODELS[sink], prompts, MASK_ID, PAD_ID, SamplerConfig(**kw), observe=True,
-                    on_step=lambda s, x, c: row_sums.append(torch.stack([a.sum(-1) for a in c.attention])))
+                    on_step=lambda s, x, c: row_sums.append(torch.stack([a.sum(-1) for a in c.record.attention])))
     assert torch.equal(seen, run(prompts, sink, **kw)[0])
     assert all(torch.allclose(r, torch.ones(()).double()) for r in row_sums)
 

@@ -3,8 +3,8 @@ import torch
 from hypothesis import given, strategies as st
 
 from conftest import VOCAB, tiny_model
-from minidlm.cache import KVBuffer
-from minidlm.sampler import padding_bias
+from minidlm.kv import KVBuffer
+from minidlm.data import padding_bias
 
 
 def tokens(B, T, seed):

@@ -1,4 +1,6 @@
 """The sink probe only observes, and its summaries are well-formed measurements."""
+from types import SimpleNamespace
+
 import torch
 from hypothesis import given, strategies as st
 
@@ -75,7 +77,7 @@ class Observed:
     (B, H, L, L) and each head's value norms (B, H, L); no sink token."""
 
     def __init__(self, attention, norms):
-        self.attention, self.value_norms = [attention], [norms]
+        self.record = SimpleNamespace(attention=[attention], value_norms=[norms])
 
 
 def column_map(columns, L=10, heavy=0.9):
