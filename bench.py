@@ -6,8 +6,10 @@
 
 --train prints tokens/s, the FLOPs per token counted from the model config (forward + backward =
 3 x forward; forward = 2 x every weight matrix's size + 4 x T x d per layer for the bidirectional
-attention scores and their weighted sum), the achieved GFLOP/s, and the float32 matmul peak it
-measures on the same machine in the same run (a large square matmul), with their ratio.
+attention scores and their weighted sum), the achieved GFLOP/s, and the matmul peak it measures
+on the same machine in the same run (a large square matmul of the same dtype), with their ratio:
+a row in float32, and a row under bf16 autocast where the device multiplies bf16 natively (CUDA,
+or a CPU with AVX512-BF16 or AMX), which train_tiny.py then uses by default.
 
 Rows: `uncached` (our sampler), `llada-ref` (a plain re-implementation of LLaDA's `generate` loop:
 full forward each step, float64 softmax, a per-row top-k with a tensor k, i.e. one host sync per
@@ -79,9 +81,9 @@ def flops_per_token(cfg, seq_len: int) -> int:
     return 3 * (cfg.n_layer * per_layer + 2 * d * cfg.vocab_size)
 
 
-def matmul_peak_gflops(device, n=1024, seconds=2.0):
-    """float32 GFLOP/s of repeated n x n matmuls: the most this machine's BLAS gives the model."""
-    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+def matmul_peak_gflops(device, n=1024, seconds=2.0, dtype=torch.float32):
+    """GFLOP/s of repeated n x n matmuls in `dtype`: the most this machine's BLAS gives the model."""
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
     return 2 * n ** 3 / timed_loop(lambda: a @ b, device, seconds) / 1e9
 
 
@@ -99,34 +101,40 @@ def timed_loop(fn, device, seconds):
 
 
 def train_benchmark(device, seconds: float, json_path=None):
-    """Optimizer steps of the default train_tiny.py run on random tokens."""
+    """Optimizer steps of the default train_tiny.py run on random tokens: in float32, and under
+    bf16 autocast where the device multiplies bf16 natively (train_tiny.py's default there), each
+    against the matmul peak of its own dtype."""
     import train_tiny  # the default model and recipe, from the one place that defines them
     from minidlm.model import DiffusionLM
     from minidlm.optim import build_optimizers
 
     args = train_tiny.parse_args([])
     cfg = train_tiny.model_config(args, args.vocab_size)
-    model = DiffusionLM(cfg).to(device).train()
-    opts = build_optimizers(model, args.optimizer, args.lr, args.muon_lr, args.weight_decay)
-    g = torch.Generator(device=device).manual_seed(0)
-    x0 = torch.randint(0, args.vocab_size - 1, (args.batch_size, args.seq_len), device=device)
-    step = lambda: train_tiny.train_step(model, opts, x0, args.vocab_size - 1, g, args)
-
-    per_step = timed_loop(step, device, seconds)
-    tokens = args.batch_size * args.seq_len
-    flops = flops_per_token(cfg, args.seq_len)
-    achieved = tokens * flops / per_step / 1e9
-    peak = matmul_peak_gflops(device)
+    tokens, flops = args.batch_size * args.seq_len, flops_per_token(cfg, args.seq_len)
+    modes = {"float32": (None, torch.float32)}
+    if train_tiny.native_bf16(device):
+        modes["bf16 autocast (default here)"] = (train_tiny.bf16_autocast(device), torch.bfloat16)
+    rows = []
+    for name, (autocast, dtype) in modes.items():
+        torch.manual_seed(0)
+        model = DiffusionLM(cfg).to(device).train()
+        opts = build_optimizers(model, args.optimizer, args.lr, args.muon_lr, args.weight_decay)
+        g = torch.Generator(device=device).manual_seed(0)
+        x0 = torch.randint(0, args.vocab_size - 1, (args.batch_size, args.seq_len), device=device)
+        step = lambda: train_tiny.train_step(model, opts, x0, args.vocab_size - 1, g, args, autocast=autocast)
+        per_step = timed_loop(step, device, seconds)
+        achieved, peak = tokens * flops / per_step / 1e9, matmul_peak_gflops(device, dtype=dtype)
+        rows.append({"arithmetic": name, "tokens_per_s": tokens / per_step, "flops_per_token": flops,
+                     "achieved_gflops": achieved, "peak_gflops": peak})
     print(f"device {device.type}, threads {torch.get_num_threads()}, default train_tiny.py model "
           f"({model.num_params():,} parameters), batch {args.batch_size} x {args.seq_len}, {args.optimizer}")
-    print("| tokens/s | FLOPs/token | achieved GFLOP/s | matmul peak GFLOP/s | achieved/peak |")
-    print("|---|---|---|---|---|")
-    print(f"| {tokens / per_step:,.0f} | {flops / 1e6:.1f} M | {achieved:.1f} | {peak:.1f} | "
-          f"{achieved / peak:.0%} |")
+    print("| arithmetic | tokens/s | FLOPs/token | achieved GFLOP/s | matmul peak GFLOP/s (same dtype) | achieved/peak |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['arithmetic']} | {r['tokens_per_s']:,.0f} | {r['flops_per_token'] / 1e6:.1f} M | "
+              f"{r['achieved_gflops']:.1f} | {r['peak_gflops']:.1f} | {r['achieved_gflops'] / r['peak_gflops']:.0%} |")
     if json_path:
-        write_json(json_path, {"tokens_per_s": tokens / per_step, "flops_per_token": flops,
-                               "achieved_gflops": achieved, "peak_gflops": peak})
-
+        write_json(json_path, rows)
 
 
 def build_parser():
