@@ -41,6 +41,10 @@ ROWS = {
     "arch": ("first round + QK-norm, ReLU^2, zero-init projections, unigram output bias",
              FIRST_ROUND + ["--qk-norm", "--relu2", "--zero-init", "--unigram-bias"]),
     "default": ("the default recipe (all of the above, its schedule and batch)", []),
+    # levers on top of the default (issue 10's second round)
+    "fp32": ("the default in float32 (--no-bf16: no bf16 autocast where the CPU has native bf16)", ["--no-bf16"]),
+    "plain-ce": ("the default trained on plain masked CE (no 1/p weight)", ["--plain-ce"]),
+    "batch-4": ("the default at batch 4 x 256 (twice the steps for the same tokens)", ["--batch-size", "4"]),
 }
 SAME_SPEED = 0.03
 
@@ -97,19 +101,20 @@ def build_parser():
                    help="steps of the default recipe; the other rows get as many tokens (default %(default)s)")
     p.add_argument("--threads", type=number(int, lo=1, hi=1024), default=None)
     p.add_argument("--json", default="results/ablation.json", help="where the rows go (default %(default)s)")
-    p.add_argument("--from-json", default=None, metavar="PATH", help="print a saved ablation and exit")
+    p.add_argument("--from-json", default=None, nargs="+", metavar="PATH",
+                   help="print a saved ablation and exit; several files (e.g. one per seed, run side "
+                        "by side) are merged into one table")
     return p
 
 
 def main():
     args = build_parser().parse_args()
-    preflight(outputs=[None if args.from_json else args.json], inputs=[args.data, args.from_json])
+    preflight(outputs=[None if args.from_json else args.json], inputs=[args.data, *(args.from_json or [])])
     if args.from_json:
         try:
-            with open(args.from_json) as f:
-                print(table(json.load(f)))
+            print(table(merge([json.load(open(path)) for path in args.from_json])))
         except (OSError, ValueError, KeyError) as e:
-            die(f"cannot read {args.from_json}: {e}")
+            die(f"cannot read {' '.join(args.from_json)}: {e}")
         return
     keys = [k.strip() for k in args.rows.split(",")]
     unknown = [k for k in keys if k not in ROWS]
@@ -141,6 +146,19 @@ def main():
         write_json(args.json, results)
     print(f"data: {results['data']}; seeds {', '.join(map(str, args.seeds))}")
     print(table(results))
+
+
+def merge(saved: list) -> dict:
+    """One ablation from several saved ones over the same rows and data (their seeds pooled)."""
+    if len({r["data"] for r in saved}) > 1 or len({tuple(r["rows"]) for r in saved}) > 1:
+        raise ValueError("the files ablate different data or rows")
+    merged = {"data": saved[0]["data"], "seeds": [s for r in saved for s in r["seeds"]], "rows": {}}
+    for key in saved[0]["rows"]:
+        rows = [r["rows"][key] for r in saved]
+        merged["rows"][key] = {"tokens": [x for r in rows for x in r["tokens"]],
+                               "time": [x for r in rows for x in r["time"]],
+                               "time_reused": all(r["time_reused"] for r in rows)}
+    return merged
 
 
 def batch_size(flags, defaults) -> int:

@@ -39,9 +39,15 @@ SEEDS = (0, 1, 2)
 REPEAT_SEEDS = "results/repeat_seeds.json"
 INFILL_SEEDS = "results/infill_seeds.json"
 SINK_ZERO = "results/sink_zero.json"  # measured by the command in its stage title
-ABLATIONS = [("embedded corpus", "results/ablation.json", ""),  # (what, saved rows, ablation.py flags)
-             ("Python's documentation as prose", "results/ablation-pydoc.json",
-              " --data runs/pydoc.txt --rows first-round,default --steps 400 --json results/ablation-pydoc.json")]
+# (what, saved rows, how to rerun them)
+ABLATIONS = [("embedded corpus", ["results/ablation.json"], "`python ablation.py`"),
+             ("Python's documentation as prose", ["results/ablation-pydoc.json"],
+              "`python ablation.py --data runs/pydoc.txt --rows first-round,default --steps 400 "
+              "--json results/ablation-pydoc.json`"),
+             ("levers on top of the default, at the tokens 3 minutes give",
+              ["results/ablation-levers-s0.json", "results/ablation-levers-s1.json"],
+              "`python ablation.py --rows default,fp32,plain-ce,batch-4 --steps 550 --threads 1 --seeds S "
+              "--json results/ablation-levers-sS.json` for S = 0 and 1, side by side")]
 
 
 def stages(quick: bool, figures: bool):
@@ -54,10 +60,10 @@ def stages(quick: bool, figures: bool):
                  "--rows", "none,dual,feature,feature+cota,feature+ctar+ctev-context,stale-first"]
     else:
         study = ["repeat_study.py"]
-    ablations = [("The training-recipe ablation, " + what + " (saved rows; rerun with `python ablation.py"
-                  + flags + "`)", ["ablation.py", "--from-json", path],
+    ablations = [("The training-recipe ablation, " + what + " (saved rows; rerun: " + rerun + ")",
+                  ["ablation.py", "--from-json", *paths],
                   "Full validation NELBO, mean +- sd over 2 seeds, at equal tokens and equal wall time.")
-                 for what, path, flags in ABLATIONS if os.path.exists(path)]
+                 for what, paths, rerun in ABLATIONS if all(map(os.path.exists, paths))]
     return [
         ("Training throughput", ["bench.py", "--train", "--json", f"{out}/bench_train.json"]
          + (["--seconds", "3"] if quick else []),
