@@ -3,6 +3,7 @@
     python sink_compare.py                                  # the shipped checkpoints
     python sink_compare.py --arm base=runs/a0.pt,runs/a1.pt --arm sink=runs/s0.pt,runs/s1.pt
     python sink_compare.py --from-json results/sink_seeds.json   # print a saved comparison again
+    python sink_compare.py --data runs/pydoc.txt --arm base=runs/p0.pt --arm sink=runs/ps0.pt   # on your text
 
 Each arm is one or more checkpoints trained alike except for the seed; the table gives the mean
 (and the standard deviation when there are several) of, per checkpoint:
@@ -27,6 +28,7 @@ import torch
 from minidlm.checkpoint import CheckpointError, load_model
 from minidlm.cli import (ArgumentParser, die, number, pick_device, preflight, pyplot, require_plot_extra,
                          run_main, save_figure, write_json)
+from minidlm.corpus import CorpusError
 from minidlm.data import fixed_windows, load_documents, token_stream
 from minidlm.diffusion import evaluate_nelbo
 from minidlm.evaluate import held_out_prompts, sample_grammatical_rate
@@ -36,6 +38,7 @@ from minidlm.sinks import SinkProbe
 DEFAULT_ARMS = {"baseline": ["checkpoints/tiny.pt"], "sink": ["checkpoints/tiny-sink.pt"]}
 METRICS = ["nelbo", "grammatical", "switch_rate", "jaccard", "strict_sinks", "value_norm_ratio",
            "sink_mass", "heads_over_03", "sink_heads_over_03"]
+PROMPT_TOKENS = 24  # --data: the probe's prompts are each validation document's first tokens
 PERCENT = ("grammatical", "switch_rate", "sink_mass", "heads_over_03", "sink_heads_over_03")
 
 
@@ -45,9 +48,13 @@ def measure(path, device, val_docs, args):
     windows = fixed_windows(token_stream(tok, val_docs), model.cfg.max_seq_len, args.windows).to(device)
     nats, _ = evaluate_nelbo(model, windows, tok.mask_id, n_mc=args.mc)
     cfg = SamplerConfig(gen_length=64, steps=64, block_length=32)
-    texts = held_out_prompts(val_docs, args.prompts)
-    grammatical, _, _ = sample_grammatical_rate(model, tok, texts, cfg)
-    prompts = [tok.prompt(t) for t in texts]
+    if args.data is None:
+        texts = held_out_prompts(val_docs, args.prompts)
+        grammatical, _, _ = sample_grammatical_rate(model, tok, texts, cfg)
+        prompts = [tok.prompt(t) for t in texts]
+    else:  # no grammar to score: the probe alone, prompted with each document's first tokens
+        grammatical = None
+        prompts = [tok.prompt(doc)[:PROMPT_TOKENS] for doc in val_docs[:args.prompts]]
     probe = SinkProbe(model, tok, list(map(len, prompts)))
     generate(model, prompts, tok.mask_id, tok.eot_id, cfg, on_step=probe, observe=True)
     s = probe.summary()
@@ -160,6 +167,9 @@ def build_parser():
                         "and tiny-sink.pt)")
     p.add_argument("--from-json", default=None, metavar="PATH",
                    help="print (and plot) a comparison saved earlier with --json; measures nothing")
+    p.add_argument("--data", default=None,
+                   help="measure on this UTF-8 text file's validation split (the one train_tiny.py --data "
+                        "holds out for seed 0) instead of the embedded corpus; no grammatical rate then")
     p.add_argument("--prompts", type=number(int, 1, 100000), default=16, help="held-out prompts for samples and probe")
     p.add_argument("--windows", type=number(int, 1, 100000), default=32, help="validation windows for the NELBO")
     p.add_argument("--mc", type=number(int, 1, 1024), default=8, help="Monte-Carlo samples per window")
@@ -181,7 +191,10 @@ def measure_arms(args):
         device = pick_device(args.device)
     except ValueError as e:
         die(str(e))
-    _, val_docs = load_documents(None)
+    try:
+        _, val_docs = load_documents(args.data)
+    except CorpusError as e:
+        die(str(e))
     rows = []
     for name, paths in arms.items():
         per_model = []
@@ -229,7 +242,7 @@ def print_tables(rows, plot_folder):
 
 def main():
     args = build_parser().parse_args()
-    preflight(outputs=[args.json], folders=[args.plot], inputs=[args.from_json])
+    preflight(outputs=[args.json], folders=[args.plot], inputs=[args.from_json, args.data])
     if args.plot:
         require_plot_extra()
     rows = load_saved(args.from_json) if args.from_json else measure_arms(args)
