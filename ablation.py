@@ -3,6 +3,8 @@
     python ablation.py                                  # embedded corpus, seeds 0 1
     python ablation.py --data runs/pydoc.txt --rows first-round,default --json results/ablation-pydoc.json
     python ablation.py --from-json results/ablation.json    # print a saved table again
+    python ablation.py --rows default,fp32,plain-ce,batch-4 --steps 550 --seeds 1 --json r1.json  # one seed
+    python ablation.py --from-json r0.json r1.json          # seeds run side by side, as one table
 
 Every row is `python train_tiny.py` with the flags below, run twice per seed: once for the same
 number of training tokens as the default recipe's run of `--steps` steps (equal TOKENS), and once
@@ -14,7 +16,9 @@ skipped where a row trains at the default's tokens/s within 3 % and its equal-to
 reused (the table says so). Each cell is the mean +- sd over seeds of the full validation NELBO
 (train_tiny.py's final evaluation, `evaluate_nelbo` with 16 samples per window), beside the
 unigram entropy of the validation text, the grammatical rate (embedded corpus only) and tokens/s.
-Runs go to runs/ablation/; JSON rows to --json.
+Rows: the first round's recipe with one lever added each (first-round, muon, mid-t, arch), the
+default, and levers on top of the default (fp32, plain-ce, batch-4). Runs go to runs/ablation/;
+JSON rows to --json.
 """
 import json
 import math
@@ -112,9 +116,15 @@ def main():
     preflight(outputs=[None if args.from_json else args.json], inputs=[args.data, *(args.from_json or [])])
     if args.from_json:
         try:
-            print(table(merge([json.load(open(path)) for path in args.from_json])))
-        except (OSError, ValueError, KeyError) as e:
-            die(f"cannot read {' '.join(args.from_json)}: {e}")
+            saved = []
+            for path in args.from_json:
+                with open(path) as f:
+                    saved.append(json.load(f))
+            merged = merge(saved)
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            die(f"cannot merge {' '.join(args.from_json)}: {e}")
+        print(f"data: {merged['data']}; seeds {', '.join(map(str, merged['seeds']))}")
+        print(table(merged))
         return
     keys = [k.strip() for k in args.rows.split(",")]
     unknown = [k for k in keys if k not in ROWS]
@@ -152,7 +162,10 @@ def merge(saved: list) -> dict:
     """One ablation from several saved ones over the same rows and data (their seeds pooled)."""
     if len({r["data"] for r in saved}) > 1 or len({tuple(r["rows"]) for r in saved}) > 1:
         raise ValueError("the files ablate different data or rows")
-    merged = {"data": saved[0]["data"], "seeds": [s for r in saved for s in r["seeds"]], "rows": {}}
+    seeds = [s for r in saved for s in r["seeds"]]
+    if len(set(seeds)) < len(seeds):
+        raise ValueError(f"a seed appears twice ({seeds})")
+    merged = {"data": saved[0]["data"], "seeds": seeds, "rows": {}}
     for key in saved[0]["rows"]:
         rows = [r["rows"][key] for r in saved]
         merged["rows"][key] = {"tokens": [x for r in rows for x in r["tokens"]],

@@ -40,7 +40,7 @@ REPEAT_SEEDS = "results/repeat_seeds.json"
 INFILL_SEEDS = "results/infill_seeds.json"
 SINK_ZERO = "results/sink_zero.json"  # measured by the command in its stage title
 # (what, saved rows, how to rerun them)
-ABLATIONS = [("embedded corpus", ["results/ablation.json"], "`python ablation.py`"),
+ABLATIONS = [("embedded corpus", ["results/ablation.json"], "`python ablation.py --rows first-round,muon,mid-t,arch,default`"),
              ("Python's documentation as prose", ["results/ablation-pydoc.json"],
               "`python ablation.py --data runs/pydoc.txt --rows first-round,default --steps 400 "
               "--json results/ablation-pydoc.json`"),
@@ -149,6 +149,8 @@ def retrain(paths, log):
         except (CheckpointError, KeyError, TypeError):
             die(f"{path} records no training command to rerun")
         argv = shlex.split(command)[1:]  # drop "python"
+        if not read(path)["meta"].get("bf16") and "--no-bf16" not in argv:
+            argv.append("--no-bf16")  # trained in float32 (or before bf16 on the CPU): keep it so
         tmp = os.path.join("runs", "retrain", os.path.basename(path))
         argv[argv.index("--out") + 1] = tmp
         run_stage(i, len(paths), f"retrain {path}", argv + ["--force"], log)

@@ -45,7 +45,10 @@ PERCENT = ("grammatical", "switch_rate", "sink_mass", "heads_over_03", "sink_hea
 @torch.no_grad()
 def measure(path, device, val_docs, args):
     model, tok, meta = load_model(path, device)
-    windows = fixed_windows(token_stream(tok, val_docs), model.cfg.max_seq_len, args.windows).to(device)
+    if args.data is not None:  # the documents this checkpoint's own training run held out
+        _, val_docs = load_documents(args.data, seed=meta.get("args", {}).get("seed", 0))
+    stream = token_stream(tok, val_docs)
+    windows = fixed_windows(stream, min(model.cfg.max_seq_len, len(stream)), args.windows).to(device)
     nats, _ = evaluate_nelbo(model, windows, tok.mask_id, n_mc=args.mc)
     cfg = SamplerConfig(gen_length=64, steps=64, block_length=32)
     if args.data is None:
@@ -168,8 +171,9 @@ def build_parser():
     p.add_argument("--from-json", default=None, metavar="PATH",
                    help="print (and plot) a comparison saved earlier with --json; measures nothing")
     p.add_argument("--data", default=None,
-                   help="measure on this UTF-8 text file's validation split (the one train_tiny.py --data "
-                        "holds out for seed 0) instead of the embedded corpus; no grammatical rate then")
+                   help="measure on this UTF-8 text file's validation split (the one each checkpoint's "
+                        "train_tiny.py --data run held out) instead of the embedded corpus; no "
+                        "grammatical rate then")
     p.add_argument("--prompts", type=number(int, 1, 100000), default=16, help="held-out prompts for samples and probe")
     p.add_argument("--windows", type=number(int, 1, 100000), default=32, help="validation windows for the NELBO")
     p.add_argument("--mc", type=number(int, 1, 1024), default=8, help="Monte-Carlo samples per window")

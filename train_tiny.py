@@ -166,8 +166,9 @@ def native_bf16(device) -> bool:
     slower than float32 (AVX2: about 30x)."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
-    if device.type == "cpu":  # torch.cpu's own checks (the same ones its oneDNN dispatch uses)
-        return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    if device.type == "cpu":  # torch.cpu's own (private) checks; absent in a torch without them
+        has = lambda name: getattr(torch.cpu, name, lambda: False)()
+        return has("_is_avx512_bf16_supported") or has("_is_amx_tile_supported")
     return False
 
 
@@ -253,6 +254,8 @@ def main():
         mask_gen.set_state(state["mask_rng"].to(mask_gen.get_state().device))
         step = state["step"]
         say(f"resuming {args.out} at step {step}")
+        if state["args"].get("bf16", True) != args.bf16:
+            say("warning: this run's --bf16/--no-bf16 differs from the saved run's")
     say(f"model: {model.num_params():,} parameters, {cfg}"
         + (f"; {ranks.world} processes, {args.batch_size // ranks.world} rows each" if ranks.distributed else ""))
     trained = ranks.wrap(model)  # the model itself, or DDP around it
@@ -276,7 +279,8 @@ def main():
             f"{point['top_value_ratio']:.2f}{sink}")
 
     def save(final_metrics=None):
-        meta = {"command": command, "args": vars(args), "step": step, "metrics": final_metrics or {},
+        meta = {"command": command, "args": vars(args), "bf16": autocast is not None, "step": step,
+                "metrics": final_metrics or {},
                 "curve": curve, "evals": evals, "unigram_bits_per_token": unigram_bits, "losses": losses}
         save_model(args.out, model, tokenizer, meta)
         atomic_save({"args": vars(args), "step": step, "model": model.state_dict(),
@@ -357,7 +361,7 @@ def main():
         minutes = train_seconds / 60
         metrics = {"val_nelbo_nats": nats, "val_nelbo_se": se, "val_bits_per_token": nats / math.log(2),
                    "unigram_bits_per_token": unigram_bits, "train_minutes": minutes,
-                   "tokens_seen": step * tokens_per_step, "bf16": autocast is not None}
+                   "tokens_seen": step * tokens_per_step}
         evals.append({"step": step, "tokens": step * tokens_per_step, "train_seconds": train_seconds,
                       "bits": nats / math.log(2)})
         report(f"final ({minutes:.1f} min of training, {step} steps)", nats, se)

@@ -68,11 +68,13 @@ def triggers(n_words: int = 64, n_triggers: int = 3, seed: int = 0) -> list:
 def copy_accuracy(model, tokenizer, docs, trigger_words, max_docs: int = 200, seed: int = 0) -> dict:
     """How often the model fills masked copies (the words after a trigger) correctly, beside as
     many masked ordinary words chosen at random: each document's first window, with only those
-    positions masked. Every word is one BPE token here (documents where not are skipped)."""
+    positions masked (an ordinary word is neither a copy, nor a trigger, nor right before one).
+    Every word is one BPE token here; documents where not, or without a trigger, are skipped.
+    Words are encoded with their leading space, as inside a document."""
     device = next(model.parameters()).device
     trig = torch.tensor([tokenizer.encode(" " + w)[0] for w in trigger_words], device=device)
     g = torch.Generator().manual_seed(seed)
-    hits = {"copy": [0, 0], "ordinary": [0, 0]}
+    hits, scored = {"copy": [0, 0], "ordinary": [0, 0]}, 0
     for doc in docs[:max_docs]:
         ids = [tokenizer.encode(" " + w) for w in doc.split()][:model.cfg.max_seq_len]
         if any(len(i) != 1 for i in ids):
@@ -80,13 +82,18 @@ def copy_accuracy(model, tokenizer, docs, trigger_words, max_docs: int = 200, se
         x = torch.tensor([i[0] for i in ids], device=device)
         copy = torch.zeros_like(x, dtype=torch.bool)
         copy[1:] = torch.isin(x[:-1], trig)
-        ordinary = torch.nonzero(~copy & ~torch.isin(x, trig))[:, 0]
+        if not copy.any():
+            continue
+        before = torch.zeros_like(copy)  # a word before a trigger can be read off its copy: not ordinary
+        before[:-1] = torch.isin(x[1:], trig)
+        ordinary = torch.nonzero(~copy & ~before & ~torch.isin(x, trig))[:, 0]
         chosen = ordinary[torch.randperm(len(ordinary), generator=g)[:int(copy.sum())].to(device)]
+        scored += 1
         for kind, masked in (("copy", copy), ("ordinary", torch.zeros_like(copy).index_fill_(0, chosen, True))):
             logits = model(torch.where(masked, tokenizer.mask_id, x)[None])[0]
             hits[kind][0] += int((logits.argmax(-1) == x)[masked].sum())
             hits[kind][1] += int(masked.sum())
-    return {kind: h / n if n else float("nan") for kind, (h, n) in hits.items()}
+    return {**{kind: h / n if n else float("nan") for kind, (h, n) in hits.items()}, "documents": scored}
 
 
 def main():
@@ -126,11 +133,12 @@ def score(args):
     except (CheckpointError, CorpusError, KeyError) as e:
         die(f"cannot score {args.score}: {e}")
     acc = copy_accuracy(model.eval(), tok, val, triggers(seed=args.seed))
-    if acc["copy"] != acc["copy"]:  # nan: not one document of single-token words with a trigger
-        die(f"{args.score} was not trained on a backcopy text of --seed {args.seed} "
+    if not acc["documents"]:
+        die(f"no validation document of {args.score} has a trigger of --seed {args.seed} with every word "
+            f"one token: was it trained on a backcopy text of that seed, with the default --vocab-size? "
             f"(its data: {meta['args']['data'] or 'the embedded corpus'})")
     print(f"masked copies filled correctly: {acc['copy']:.1%}; masked ordinary words: {acc['ordinary']:.1%} "
-          f"({min(len(val), 200)} validation documents of {meta['args']['data']})")
+          f"({acc['documents']} validation documents of {meta['args']['data']})")
 
 
 if __name__ == "__main__":

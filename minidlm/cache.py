@@ -10,8 +10,8 @@ dLLM-Cache's (arXiv 2506.06295), whose reuse of RESPONSE features causes the Rep
 
 `hidden[layer]` keeps, for CoTA's CTEV, the residual stream after each layer in `keep_hidden` for
 every position: the states the model used at this step, stale ones included. `observe=True` keeps
-every layer's, and an `AttentionRecord` of the attention in effect for the probes (observe.py);
-it changes no computation. Buffers are allocated once per call and written in place; rows per
+every layer's hidden state and, in `record`, an `AttentionRecord` of the attention in effect for
+the probes (observe.py); it changes no computation. Buffers are allocated once per call and written in place; rows per
 step are a Python int, so shapes are static and nothing syncs with the host.
 `rows_computed[layer]` counts rows through attention and FFN.
 """
@@ -22,7 +22,6 @@ import torch.nn.functional as F
 from .kv import KVBuffer
 from .model import Trace
 from .observe import AttentionRecord
-from .refresh import LeastSimilar
 
 
 class NoCache:
@@ -106,7 +105,7 @@ class FeatureCache(NoCache):
     row's (`fresh_values=True`, dLLM-Cache's LLaDA hook)."""
 
     def __init__(self, model, x, positions, bias_for, given, holes, K_p: int, K_r: int, rho: float,
-                 policy=None, fresh_values=False, keep_hidden=(), observe=False):
+                 policy, fresh_values=False, keep_hidden=(), observe=False):
         super().__init__(model, x, positions, bias_for, keep_hidden, observe)
         dtype, device = next(model.parameters()).dtype, x.device
         self.kv = KVBuffer(model, self.batch, self.length, dtype, device)
@@ -116,7 +115,7 @@ class FeatureCache(NoCache):
         self.given, self.holes = given, holes  # (B, L - N) and (B, N) canvas columns
         self.K_p, self.K_r, self.step = K_p, K_r, 0
         self.n_partial = int(rho * holes.shape[1])
-        self.policy, self.fresh_values = policy or LeastSimilar(), fresh_values
+        self.policy, self.fresh_values = policy, fresh_values
 
     def logits(self, x, lo, hi, block_start, row_spans=None):
         self.step += 1

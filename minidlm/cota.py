@@ -21,7 +21,7 @@ gamma = 0.5, lambda = 0.75, w = 1.
 
 Variants from the authors' later code: "context" CTEV (`ctev_mode`; w = 5, lambda 0.25 there)
 averages over COMMITTED neighbours only (0 without any); CTAR repairs the feature cache's stale
-rows in the deep band instead of adding a distance prior (refresh.py, `ctar`).
+rows in the deep band instead of adding a distance prior (refresh.py, `ctar_policy`).
 """
 import math
 from dataclasses import dataclass
@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .refresh import ctar
+from .refresh import ctar_policy
 
 
 CTEV_MODES = ("self", "context")  # the paper's, the authors' later variant
@@ -108,7 +108,7 @@ class CoTA:
         """The feature cache's refresh policy with CTAR in the deep band (refresh.py), or as it is."""
         if not self.cfg.ctar:
             return policy
-        return ctar(policy, x, holes, self.model.cfg.n_layer, self.deep, self.cfg.ctar_window, per_step)
+        return ctar_policy(policy, x, holes, self.model.cfg.n_layer, self.deep, self.cfg.ctar_window, per_step)
 
 
 def lens_entropy(model, hidden):

@@ -38,11 +38,6 @@ def forward_process(x0, mask_id, generator=None, eps=EPS, t_min=0.0, t_max=1.0):
     return torch.where(masked, mask_id, x0), masked, p
 
 
-def nelbo_loss(model, x0, mask_id, generator=None):
-    """The per-token NELBO in nats (t over [0, 1], 1/p weighting, all tokens in the mean)."""
-    return train_loss(model, x0, mask_id, generator)
-
-
 def train_loss(model, x0, mask_id, generator=None, t_min=0.0, t_max=1.0, weight_by_p=True, eps=EPS,
                rows=slice(None)):
     """Masked cross-entropy summed over masked positions, divided by all B * L tokens: the NELBO
@@ -54,6 +49,9 @@ def train_loss(model, x0, mask_id, generator=None, t_min=0.0, t_max=1.0, weight_
     logits = model(xt)
     ce = F.cross_entropy(logits.flatten(0, 1).float(), x0.flatten(), reduction="none").view_as(x0)
     return (ce * masked / (p if weight_by_p else 1.0)).sum() / x0.numel()
+
+
+nelbo_loss = train_loss  # with its defaults (t over [0, 1], the 1/p weight): the NELBO in nats
 
 
 @torch.no_grad()

@@ -58,7 +58,10 @@ class Trace:
 
 
 class RMSNorm(nn.RMSNorm):
-    """Written out, in the input's dtype: the library's kernel wants input and weight alike."""
+    """Written out as before (bitwise the same; F.rms_norm warns and falls back under bf16 autocast)."""
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__(dim, eps=eps)
+
     def forward(self, x):
         return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
 
@@ -82,8 +85,8 @@ class Attention(nn.Module):
         self.wqkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=False)
         self.wo = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
         self.sink_variant = None  # a sink variant's change to v and the mask (sink_variants.py)
-        self.q_norm = RMSNorm(self.head_dim, eps=1e-6) if cfg.qk_norm else nn.Identity()
-        self.k_norm = RMSNorm(self.head_dim, eps=1e-6) if cfg.qk_norm else nn.Identity()
+        self.q_norm = RMSNorm(self.head_dim) if cfg.qk_norm else nn.Identity()
+        self.k_norm = RMSNorm(self.head_dim) if cfg.qk_norm else nn.Identity()
 
     def values(self, x):
         """The value vectors alone, (B, H, T, head_dim): V of wqkv (the same weights qkv uses)."""
@@ -128,8 +131,8 @@ class MLP(nn.Module):
 class Block(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.norm1, self.attn = RMSNorm(cfg.d_model, eps=1e-6), Attention(cfg)
-        self.norm2, self.mlp = RMSNorm(cfg.d_model, eps=1e-6), MLP(cfg)
+        self.norm1, self.attn = RMSNorm(cfg.d_model), Attention(cfg)
+        self.norm2, self.mlp = RMSNorm(cfg.d_model), MLP(cfg)
 
     def forward(self, x, rope, mask, kv_update=None, trace=None):
         x = x + self.attn(self.norm1(x), rope, mask, kv_update, trace)
@@ -151,7 +154,7 @@ class DiffusionLM(nn.Module):
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.sink_embed = nn.Parameter(torch.zeros(1, 1, cfg.d_model)) if cfg.sink else None
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
-        self.norm = RMSNorm(cfg.d_model, eps=1e-6)
+        self.norm = RMSNorm(cfg.d_model)
         self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=cfg.head_bias)
         self.apply(self._init)
         for block in self.blocks:  # GPT-2: scale residual projections by depth (or start at 0)

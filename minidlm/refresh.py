@@ -5,8 +5,8 @@ whose fresh value vector V is least similar (cosine) to the cached one: `LeastSi
 `StaleFirst` (ours) spends the same budget first on rows next to a token committed since the
 layer last computed them. CoTA's CTAR, context-token attention repair (the authors' later code;
 cota.py turns it on), is `StaleFirst` with a +-w window and a larger budget in the deep layers
-only (`ctar`): it repairs staleness instead of adding a distance prior. The other samplers
-recompute every row near a new commit anyway, so CTAR acts only on the feature cache.
+only (`ctar_policy`): it repairs staleness instead of adding a distance prior. The other samplers
+caches recompute every row near a new commit anyway, so CTAR acts only on the feature cache.
 
 A policy sees every step's canvas (`start_step`) and every recompute (`computed`), and answers,
 per layer, how many rows (`budget`) and which (`pick`, given the similarity of each response row).
@@ -69,7 +69,7 @@ class StaleFirst(LeastSimilar):
         self.computed_at[layer].scatter_(1, rows, step)
 
 
-def ctar(policy, x, holes, n_layer: int, deep, window: int, per_step: int):
+def ctar_policy(policy, x, holes, n_layer: int, deep, window: int, per_step: int):
     """CTAR: in the `deep` layers, first every response row whose +-window neighbourhood gained a
     committed token since that layer computed it, with a budget of (2 window + 1) more rows per
     token committed in a step (`per_step` at most), so all of them fit; elsewhere `policy` as it was."""

@@ -57,14 +57,14 @@ class SinkProbe:
         B, L = x.shape
         pad = torch.tensor([max(self.prompt_lens) - p for p in self.prompt_lens], device=x.device)
         real = torch.arange(L, device=x.device)[None] >= pad[:, None]            # (B, L) real rows
-        attn = torch.stack(cache.record.attention)                                       # (n, B, H, L, S+L)
+        attn = torch.stack(cache.record.attention)                                # (n, B, H, L, S+L)
         if step in self.snapshot_steps:
             self.snapshots[step] = attn[:, 0].mean(1).cpu()
         weights = real[None, :, None, :, None].to(attn.dtype)
         col = (attn * weights).sum(3) / real.sum(1)[None, :, None, None]          # (n, B, H, S+L)
         content = col[..., self.sink:]                                            # (n, B, H, L)
         real_keys = real[None, :, None, :]                                        # (1, B, 1, L)
-        norms = torch.stack(cache.record.value_norms)[..., self.sink:]                   # (n, B, H, L)
+        norms = torch.stack(cache.record.value_norms)[..., self.sink:]            # (n, B, H, L)
         mean_norm = (norms * real_keys).sum(-1, keepdim=True) / real.sum(1)[None, :, None, None]
         n_keys = real.sum(1)[None, :, None, None] + self.sink
         is_sink = (content > self.relative / n_keys) & real_keys

@@ -43,8 +43,9 @@ class CopyOracle(torch.nn.Module):
     """Fills a masked slot right after a trigger with the word before the trigger (the task's
     rule), and every other masked slot with [MASK] (always wrong)."""
 
-    def __init__(self, trigger_ids, mask_id):
+    def __init__(self, trigger_ids, mask_id, vocab):
         super().__init__()
+        self.vocab = vocab
         self.cfg = SimpleNamespace(max_seq_len=64)
         self.trig, self.mask_id, self.dummy = trigger_ids, mask_id, torch.nn.Parameter(torch.zeros(1))
 
@@ -52,13 +53,15 @@ class CopyOracle(torch.nn.Module):
         guess = torch.full_like(x, self.mask_id)
         after = torch.isin(x[:, 1:-1], self.trig)
         guess[:, 2:] = torch.where(after, x[:, :-2], guess[:, 2:])
-        return torch.nn.functional.one_hot(guess, int(x.max()) + 2).float()
+        return torch.nn.functional.one_hot(guess, self.vocab).float()
 
 
 def test_copy_accuracy_scores_the_copies_and_the_ordinary_words_apart():
-    docs = [" ".join(d) for d in backcopy_documents(n_docs=300, seed=0)]
-    tok = Tokenizer.train(docs, vocab_size=400)
+    docs = [" ".join(d) for d in backcopy_documents(n_docs=1000, seed=0)]
+    tok = Tokenizer.train(docs, vocab_size=1024)
     words = triggers(seed=0)
     trig = torch.tensor([tok.encode(" " + w)[0] for w in words])
-    acc = copy_accuracy(CopyOracle(trig, tok.mask_id), tok, docs[:20], words)
-    assert acc == {"copy": 1.0, "ordinary": 0.0}
+    acc = copy_accuracy(CopyOracle(trig, tok.mask_id, tok.vocab_size), tok, docs[:20], words)
+    # every copy of a window is masked at once, so a copy whose source is itself a copy (w T w T w)
+    # sees [MASK] where the oracle looks: those few are the oracle's misses
+    assert 0.9 < acc["copy"] < 1.0 and acc["ordinary"] == 0.0 and acc["documents"] > 10

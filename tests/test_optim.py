@@ -1,4 +1,5 @@
 """The optimizers, the schedule and the arithmetic of train_tiny.py."""
+import pytest
 import torch
 import torch.optim._muon as library
 from hypothesis import given, strategies as st
@@ -12,11 +13,15 @@ COEFFS = (3.4445, -4.775, 2.0315)
 
 @given(rows=st.integers(2, 48), cols=st.integers(2, 48), seed=st.integers(0, 1000))
 def test_float32_newton_schulz_is_the_library_iteration_without_bf16_rounding(rows, cols, seed):
+    """The library's own iteration with its cast to bf16 made a no-op gives ours to float32
+    precision (comparing against its bf16 result instead depended on the CPU's bf16 kernels)."""
     g = torch.randn(rows, cols, generator=torch.Generator().manual_seed(seed))
     ours = newton_schulz_float32(g, COEFFS, 5, 1e-7)
-    theirs = library._zeropower_via_newtonschulz(g, COEFFS, 5, 1e-7).float()
-    assert ours.dtype == torch.float32 and ours.shape == g.shape
-    assert (ours - theirs).norm() <= 0.05 * theirs.norm()  # bf16 keeps ~3 significant digits
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(torch.Tensor, "bfloat16", lambda self: self.clone())
+        theirs = library._zeropower_via_newtonschulz(g, COEFFS, 5, 1e-7)
+    assert ours.dtype == theirs.dtype == torch.float32 and ours.shape == g.shape
+    assert torch.allclose(ours, theirs, rtol=1e-4, atol=1e-5)
 
 
 def test_muon_step_on_the_cpu_is_the_library_step_up_to_that_rounding():
