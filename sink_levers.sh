@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# The sink levers of docs/sink-levers.md (issue 12), as they were run.
+#
+#   bash sink_levers.sh default backcopy pydoc      # screen levers: seed 0, baseline + zero-value [SINK]
+#   bash sink_levers.sh backcopy-seeds               # the backcopy lever over 2 seeds, with both [SINK]s
+#
+# Each screened lever trains the default recipe with the lever's flags twice, side by side, one
+# thread each (about 10 minutes on 2 cores): without a [SINK] and with the zero-value [SINK]; then
+# sink_compare.py measures the pair and draws its emergence curves into docs/levers/LEVER/.
+# Checkpoints and logs go to runs/levers/, the rows (curves included) to results/levers/.
+set -euo pipefail
+cd "$(dirname "$0")"
+LEVERS=" default backcopy pydoc wd0 lr2x heads8 seq512 depth12 backcopy-seeds "
+[ $# -gt 0 ] || { echo "usage: bash sink_levers.sh LEVER... (from:$LEVERS)" >&2; exit 2; }
+for lever in "$@"; do
+  [[ "$LEVERS" == *" $lever "* ]] || { echo "error: unknown lever '$lever' (from:$LEVERS)" >&2; exit 2; }
+done
+mkdir -p runs/levers results/levers docs/levers
+[ -f runs/backcopy.txt ] || python -m minidlm.backcopy runs/backcopy.txt
+[ -f runs/pydoc.txt ] || python -m minidlm.prose pydoc runs/pydoc.txt
+
+screen() {  # name, data file or "", train_tiny.py flags...
+  local name=$1 data=$2; shift 2
+  local dataflag=(); [ -n "$data" ] && dataflag=(--data "$data")
+  python train_tiny.py --seed 0 --threads 1 --force --out "runs/levers/$name-base-0.pt" "${dataflag[@]}" "$@" \
+    > "runs/levers/$name-base-0.log" 2>&1 &
+  python train_tiny.py --seed 0 --threads 1 --force --out "runs/levers/$name-zsink-0.pt" --sink --sink-value zero \
+    "${dataflag[@]}" "$@" > "runs/levers/$name-zsink-0.log" 2>&1 &
+  wait
+  python sink_compare.py "${dataflag[@]}" --arm "$name=runs/levers/$name-base-0.pt" \
+    --arm "$name+zero-value-sink=runs/levers/$name-zsink-0.pt" \
+    --json "results/levers/$name.json" --plot "docs/levers/$name" > "runs/levers/$name-compare.log" 2>&1
+  echo "done $name $(date +%T)"
+}
+
+backcopy_seeds() {  # seed 1 of both arms, the paper's learned [SINK] for seeds 0 and 1, all compared
+  local bc=(python train_tiny.py --data runs/backcopy.txt --threads 1 --force)
+  "${bc[@]}" --seed 1 --out runs/levers/backcopy-base-1.pt > runs/levers/backcopy-base-1.log 2>&1 &
+  "${bc[@]}" --seed 1 --sink --sink-value zero --out runs/levers/backcopy-zsink-1.pt > runs/levers/backcopy-zsink-1.log 2>&1 &
+  wait
+  "${bc[@]}" --seed 0 --sink --out runs/levers/backcopy-sink-0.pt > runs/levers/backcopy-sink-0.log 2>&1 &
+  "${bc[@]}" --seed 1 --sink --out runs/levers/backcopy-sink-1.pt > runs/levers/backcopy-sink-1.log 2>&1 &
+  wait
+  python sink_compare.py --data runs/backcopy.txt \
+    --arm backcopy=runs/levers/backcopy-base-0.pt,runs/levers/backcopy-base-1.pt \
+    --arm backcopy+sink=runs/levers/backcopy-sink-0.pt,runs/levers/backcopy-sink-1.pt \
+    --arm backcopy+zero-value-sink=runs/levers/backcopy-zsink-0.pt,runs/levers/backcopy-zsink-1.pt \
+    --json results/levers/backcopy-2seeds.json --plot docs/levers/backcopy-2seeds > runs/levers/backcopy-2seeds-compare.log 2>&1
+  for c in base-0 base-1 sink-0 sink-1 zsink-0 zsink-1; do
+    echo "$c: $(python -m minidlm.backcopy --score "runs/levers/backcopy-$c.pt")"
+  done > runs/levers/backcopy-scores.log
+  echo "done backcopy-seeds $(date +%T)"
+}
+
+for lever in "$@"; do
+  case $lever in
+    default)  screen default "" ;;
+    backcopy) screen backcopy runs/backcopy.txt ;;
+    pydoc)    screen pydoc runs/pydoc.txt ;;
+    wd0)      screen wd0 "" --weight-decay 0 ;;
+    lr2x)     screen lr2x "" --muon-lr 0.08 --lr 1.2e-2 ;;
+    heads8)   screen heads8 "" --n-head 8 ;;
+    seq512)   screen seq512 "" --seq-len 512 --batch-size 4 ;;
+    depth12)  screen depth12 "" --n-layer 12 ;;
+    backcopy-seeds) backcopy_seeds ;;
+  esac
+done
