@@ -67,8 +67,8 @@ def triggers(n_words: int = 64, n_triggers: int = 3, seed: int = 0) -> list:
 @torch.no_grad()
 def copy_accuracy(model, tokenizer, docs, trigger_words, max_docs: int = 200, seed: int = 0) -> dict:
     """How often the model fills masked copies (the words after a trigger) correctly, beside as
-    many masked ordinary words chosen at random: each document's first window, with only those
-    positions masked (an ordinary word is neither a copy, nor a trigger, nor right before one).
+    many masked ordinary words chosen at random: each document's first window, with all of its
+    copies (or those ordinary words) masked at once (an ordinary word is neither a copy, nor a trigger, nor right before one).
     Every word is one BPE token here; documents where not, or without a trigger, are skipped.
     Words are encoded with their leading space, as inside a document."""
     device = next(model.parameters()).device
@@ -80,13 +80,12 @@ def copy_accuracy(model, tokenizer, docs, trigger_words, max_docs: int = 200, se
         if any(len(i) != 1 for i in ids):
             continue
         x = torch.tensor([i[0] for i in ids], device=device)
-        copy = torch.zeros_like(x, dtype=torch.bool)
-        copy[1:] = torch.isin(x[:-1], trig)
+        is_trig = torch.isin(x, trig)
+        copy, before = torch.zeros_like(is_trig), torch.zeros_like(is_trig)
+        copy[1:], before[:-1] = is_trig[:-1], is_trig[1:]  # a word before a trigger can be read off its copy
         if not copy.any():
             continue
-        before = torch.zeros_like(copy)  # a word before a trigger can be read off its copy: not ordinary
-        before[:-1] = torch.isin(x[1:], trig)
-        ordinary = torch.nonzero(~copy & ~before & ~torch.isin(x, trig))[:, 0]
+        ordinary = torch.nonzero(~copy & ~before & ~is_trig)[:, 0]
         chosen = ordinary[torch.randperm(len(ordinary), generator=g)[:int(copy.sum())].to(device)]
         scored += 1
         for kind, masked in (("copy", copy), ("ordinary", torch.zeros_like(copy).index_fill_(0, chosen, True))):
