@@ -3,7 +3,7 @@
     python reproduce.py             # 10-20 minutes on a 2-core laptop CPU -> results/REPORT.md
     python reproduce.py --quick     # the classroom version, a few minutes -> results/quick/REPORT.md
     python reproduce.py --retrain   # first retrain the shipped models with their recorded commands
-    python reproduce.py --seeds     # also retrain the 3-seed runs: sink comparison, Repeat Curse (~90 min)
+    python reproduce.py --seeds     # also retrain the 3-seed runs: sink comparison, Repeat Curse (~2 h)
 
 Each stage is one of the repo's own commands, run as a subprocess exactly as printed in the
 report, so any table can be rerun alone. Their progress goes to the terminal; their stdout (the
@@ -11,7 +11,7 @@ tables) goes into the report. Figures go to docs/ (results/quick/ with --quick) 
 is installed (the plot extra). The README's tables are copied from results/REPORT.md, and
 tests/test_readme.py checks that every one of them is still there, so the two cannot drift.
 
-The 3-seed tables need six training runs that are not shipped (runs/ is not in git): their rows
+The 3-seed tables need nine training runs that are not shipped (runs/ is not in git): their rows
 are kept in results/sink_seeds.json and results/repeat_seeds.json, printed again by every run of
 this script, and remeasured only with --seeds.
 """
@@ -34,11 +34,11 @@ from repeat_study import HEADLINE
 
 PY = sys.executable
 SHIPPED = ["checkpoints/tiny.pt", "checkpoints/tiny-sink.pt"]
-SEED_ARMS = {"baseline": ("base", []), "sink": ("sink", ["--sink"])}  # arm: (file prefix, flags)
+SEED_ARMS = {"baseline": ("base", []), "sink": ("sink", ["--sink"]),  # arm: (file prefix, flags)
+             "zero-value": ("zsink", ["--sink", "--sink-value", "zero"])}
 SEEDS = (0, 1, 2)
 REPEAT_SEEDS = "results/repeat_seeds.json"
 INFILL_SEEDS = "results/infill_seeds.json"
-SINK_ZERO = "results/sink_zero.json"  # measured by the command in its stage title
 # (what, saved rows, how to rerun them)
 ABLATIONS = [("embedded corpus", ["results/ablation.json"], "`python ablation.py --rows first-round,muon,mid-t,arch,default`"),
              ("Python's documentation as prose", ["results/ablation-pydoc.json"],
@@ -83,17 +83,11 @@ def stages(quick: bool, figures: bool):
          ["sink_compare.py", "--json", f"{out}/sink_compare.json"] + plot(docs)
          + (["--prompts", "4", "--windows", "8", "--mc", "2"] if quick else []),
          "Quality and sink behaviour of tiny.pt and tiny-sink.pt (same budget, data and seed)."),
-        ("Baseline vs [SINK] over 3 seeds (saved rows; remeasure with --seeds)",
+        ("No sink, the [SINK] and the zero-value [SINK] over 3 seeds (saved rows; remeasure with --seeds)",
          ["sink_compare.py", "--from-json", "results/sink_seeds.json"] + plot(os.path.join(docs, "seeds")),
-         "Six runs of the default `python train_tiny.py --seed S [--sink]` (1,000 x 8 x 256 tokens), "
-         "three per arm; NELBO on 32 windows x 8 samples, the probe over 16 held-out prompts."),
-        *([("The zero-value [SINK] over 2 seeds (saved rows; remeasure with `python sink_compare.py "
-            "--arm baseline=runs/seeds/base-0.pt,runs/seeds/base-1.pt --arm sink=runs/seeds/sink-0.pt,runs/seeds/sink-1.pt "
-            "--arm zero-value=runs/seeds/zsink-0.pt,runs/seeds/zsink-1.pt --json results/sink_zero.json`)",
-            ["sink_compare.py", "--from-json", SINK_ZERO],
-            "Seeds 0 and 1 of the default recipe: no sink, the learned [SINK], and the [SINK] whose value "
-            "vectors are fixed at zero (`python train_tiny.py --seed S --sink --sink-value zero`).")]
-          if os.path.exists(SINK_ZERO) and not quick else []),
+         "Nine runs of the default `python train_tiny.py --seed S [--sink [--sink-value zero]]` "
+         "(1,000 x 8 x 256 tokens), three per arm; NELBO on 32 windows x 8 samples (for the sink models also "
+         "with [SINK] masked at test time), the probe over 16 held-out prompts."),
         ("The Repeat Curse and CoTA", study + ["--json", f"{out}/repeat_study.json"] + plot(docs),
          "Single block, one token per step, greedy: the authors' protocol."),
         *([("The Repeat Curse over 3 model seeds (saved rows; remeasure with --seeds)",
@@ -225,7 +219,7 @@ def build_parser():
     p.add_argument("--retrain", action="store_true",
                    help="first retrain the shipped checkpoints with their recorded commands (about an hour)")
     p.add_argument("--seeds", action="store_true",
-                   help="retrain the six 3-seed runs and remeasure the sink comparison and the Repeat Curse over them (about 90 minutes)")
+                   help="retrain the nine 3-seed runs and remeasure the sink comparison, the Repeat Curse and infilling over them (about 2 hours)")
     return p
 
 

@@ -8,6 +8,9 @@
 Each arm is one or more checkpoints trained alike except for the seed; the table gives the mean
 (and the standard deviation when there are several) of, per checkpoint:
 - the Monte-Carlo validation NELBO (bits/token) and the grammatical rate of greedy samples;
+- for sink models, the same NELBO (same windows and masks) with [SINK] masked at test time
+  (sink_variants.sink_masked): what is left of the model's quality when it can no longer abstain
+  onto the sink;
 - from the sink probe (minidlm/sinks.py) over held-out prompts: top-sink switch rate, Jaccard of
   consecutive sink sets, strict sinks per head, the top sink's value norm / mean value norm, and
   the attention mass on [SINK] (sink models only); and Gu et al.'s share of heads whose mean
@@ -33,11 +36,12 @@ from minidlm.data import fixed_windows, load_documents, token_stream
 from minidlm.diffusion import evaluate_nelbo
 from minidlm.evaluate import held_out_prompts, sample_grammatical_rate
 from minidlm.sampler import SamplerConfig, generate
+from minidlm.sink_variants import sink_masked
 from minidlm.sinks import SinkProbe
 
 DEFAULT_ARMS = {"baseline": ["checkpoints/tiny.pt"], "sink": ["checkpoints/tiny-sink.pt"]}
-METRICS = ["nelbo", "grammatical", "switch_rate", "jaccard", "strict_sinks", "value_norm_ratio",
-           "sink_mass", "heads_over_03", "sink_heads_over_03"]
+METRICS = ["nelbo", "nelbo_sink_masked", "grammatical", "switch_rate", "jaccard", "strict_sinks",
+           "value_norm_ratio", "sink_mass", "heads_over_03", "sink_heads_over_03"]
 PROMPT_TOKENS = 24  # --data: the probe's prompts are each validation document's first tokens
 PERCENT = ("grammatical", "switch_rate", "sink_mass", "heads_over_03", "sink_heads_over_03")
 
@@ -50,6 +54,10 @@ def measure(path, device, val_docs, args):
     stream = token_stream(tok, val_docs)
     windows = fixed_windows(stream, min(model.cfg.max_seq_len, len(stream)), args.windows).to(device)
     nats, _ = evaluate_nelbo(model, windows, tok.mask_id, n_mc=args.mc)
+    masked = None
+    if model.cfg.sink:  # the test-time ablation, on the same windows and Monte-Carlo masks
+        with sink_masked(model):
+            masked = evaluate_nelbo(model, windows, tok.mask_id, n_mc=args.mc)[0] / math.log(2)
     cfg = SamplerConfig(gen_length=64, steps=64, block_length=32)
     if args.data is None:
         texts = held_out_prompts(val_docs, args.prompts)
@@ -61,7 +69,7 @@ def measure(path, device, val_docs, args):
     probe = SinkProbe(model, tok, list(map(len, prompts)))
     generate(model, prompts, tok.mask_id, tok.eot_id, cfg, on_step=probe, observe=True)
     s = probe.summary()
-    return {"nelbo": nats / math.log(2), "grammatical": grammatical, "switch_rate": s["switch_rate"],
+    return {"nelbo": nats / math.log(2), "nelbo_sink_masked": masked, "grammatical": grammatical, "switch_rate": s["switch_rate"],
             "jaccard": s["jaccard"], "strict_sinks": s["strict_sinks_per_head"],
             "value_norm_ratio": s["top_sink_value_norm_ratio"], "sink_mass": s.get("sink_mass"),
             "heads_over_03": s["heads_over_0.3"], "sink_heads_over_03": s.get("sink_heads_over_0.3"),
@@ -227,13 +235,15 @@ def load_saved(path):
 
 def print_tables(rows, plot_folder):
     """The comparison table, then the emergence curves when the checkpoints logged them."""
-    names = ["NELBO bits/token", "grammatical %", "switch rate %", "Jaccard", "strict sinks/head",
+    names = ["NELBO bits/token", "NELBO, [SINK] masked", "grammatical %", "switch rate %", "Jaccard", "strict sinks/head",
              "top-sink value norm / mean", "mass on [SINK] %", "heads > 0.3 on a content key %",
              "heads > 0.3 on [SINK] %"]
-    print("| model | seeds | " + " | ".join(names) + " |")
-    print("|---" * (len(names) + 2) + "|")
+    shown = [(m, name) for m, name in zip(METRICS, names)  # the masked NELBO only where measured
+             if m != "nelbo_sink_masked" or any(row.get(m) is not None for row in rows)]
+    print("| model | seeds | " + " | ".join(name for _, name in shown) + " |")
+    print("|---" * (len(shown) + 2) + "|")
     for row in rows:
-        print(f"| {row['model']} | {len(row['checkpoints'])} | " + " | ".join(cell(row, m) for m in METRICS) + " |")
+        print(f"| {row['model']} | {len(row['checkpoints'])} | " + " | ".join(cell(row, m) for m, _ in shown) + " |")
     table = curve_table(rows)
     if table:
         print("\nEmergence during training (train_tiny.py's log; mean over seeds):")

@@ -14,8 +14,16 @@ q_i . k_sink without rotation, so the sink is one constant no-op key rather than
 at every distance. The sink sits at RoPE position 0, so its stored key k_0 is unrotated, and the
 rotated query scores q_i . k_0 where the variant wants q_i' . k_0 = q_i . R_i k_0 (q_i' the query
 before rotation, R_i the rotation at position i). Column 0 of the additive mask gets the change.
+
+Masked sink (`sink_masked(model)`, sink_compare.py's "NELBO, [SINK] masked"): a test-time
+ablation, not a model. Content queries may no longer attend to key 0, so the trained sink model
+runs as if the sink were gone: its weights are exactly a model without a sink (RoPE scores depend
+on i - j only, so the sink's shift of every position by one changes nothing), and the NELBO it
+gets says how much of the sink model's quality is the sink's use at test time rather than what
+training with it did to the other weights.
 """
 import math
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -51,3 +59,29 @@ def unrotated_sink_score(q, k, rope, mask):
     change = ((q * apply_rope(k0, *rope)).sum(-1) - (q * k0).sum(-1)) / math.sqrt(D)
     column = F.pad(change[..., None], (0, k.shape[2] - 1))        # (B, H, T, S + Tk)
     return column if mask is None else mask + column
+
+
+@contextmanager
+def sink_masked(model):
+    """Within the block, content queries of `model` (a sink model) cannot attend to [SINK]: key
+    column 0 is -inf for every query row but row 0, the sink's own row (uncached forwards only;
+    a cache's forwards have no sink row and are not supported). Restores the model on exit."""
+    if not model.cfg.sink:
+        raise ValueError("sink_masked needs a model with a [SINK] token")
+    saved = [block.attn.sink_variant for block in model.blocks]
+
+    def masked(inner):
+        def apply(q, k, v, rope, mask):
+            if inner is not None:
+                v, mask = inner(q, k, v, rope, mask)
+            mask = mask.clone()
+            mask[..., 1:, 0] = float("-inf")
+            return v, mask
+        return apply
+    try:
+        for block, inner in zip(model.blocks, saved):
+            block.attn.sink_variant = masked(inner)
+        yield model
+    finally:
+        for block, inner in zip(model.blocks, saved):
+            block.attn.sink_variant = inner

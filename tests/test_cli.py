@@ -185,11 +185,13 @@ def test_repeat_study_over_model_seeds_prints_mean_and_sd_and_reprints_it(tmp_pa
 
 def test_sink_compare_writes_rows_with_the_promised_fields(tmp_path):
     out = tmp_path / "cmp.json"
-    r = run("sink_compare.py", "--arm", "base=checkpoints/tiny.pt", "--prompts", "2", "--windows", "2",
-            "--mc", "1", "--json", str(out))
+    r = run("sink_compare.py", "--arm", "base=checkpoints/tiny.pt", "--arm", "sink=checkpoints/tiny-sink.pt",
+            "--prompts", "2", "--windows", "2", "--mc", "1", "--json", str(out))
     assert r.returncode == 0, r.stderr
-    row = json.loads(out.read_text())[0]
+    row, sink = json.loads(out.read_text())
     assert row["model"] == "base" and {"nelbo", "switch_rate", "sink_mass"} <= set(row)
+    assert row["nelbo_sink_masked"] is None and sink["nelbo_sink_masked"] > 0  # the ablation: sink models only
+    assert "[SINK] masked" in r.stdout.splitlines()[0]
     assert_clean_error(run("sink_compare.py", "--arm", "base=no/such.pt"), "not found")
     again = run("sink_compare.py", "--from-json", str(out))  # re-renders without measuring
     assert again.returncode == 0 and again.stdout.splitlines()[2] == r.stdout.splitlines()[2]
