@@ -69,8 +69,8 @@ def measure(path, device, val_docs, args):
     probe = SinkProbe(model, tok, list(map(len, prompts)))
     generate(model, prompts, tok.mask_id, tok.eot_id, cfg, on_step=probe, observe=True)
     s = probe.summary()
-    return {"nelbo": nats / math.log(2), "nelbo_sink_masked": masked, "grammatical": grammatical, "switch_rate": s["switch_rate"],
-            "jaccard": s["jaccard"], "strict_sinks": s["strict_sinks_per_head"],
+    return {"nelbo": nats / math.log(2), "nelbo_sink_masked": masked, "grammatical": grammatical,
+            "switch_rate": s["switch_rate"], "jaccard": s["jaccard"], "strict_sinks": s["strict_sinks_per_head"],
             "value_norm_ratio": s["top_sink_value_norm_ratio"], "sink_mass": s.get("sink_mass"),
             "heads_over_03": s["heads_over_0.3"], "sink_heads_over_03": s.get("sink_heads_over_0.3"),
             "curve": meta.get("curve", [])}
@@ -235,8 +235,8 @@ def load_saved(path):
 
 def print_tables(rows, plot_folder):
     """The comparison table, then the emergence curves when the checkpoints logged them."""
-    names = ["NELBO bits/token", "NELBO, [SINK] masked", "grammatical %", "switch rate %", "Jaccard", "strict sinks/head",
-             "top-sink value norm / mean", "mass on [SINK] %", "heads > 0.3 on a content key %",
+    names = ["NELBO bits/token", "NELBO, [SINK] masked", "grammatical %", "switch rate %", "Jaccard",
+             "strict sinks/head", "top-sink value norm / mean", "mass on [SINK] %", "heads > 0.3 on a content key %",
              "heads > 0.3 on [SINK] %"]
     shown = [(m, name) for m, name in zip(METRICS, names)  # the masked NELBO only where measured
              if m != "nelbo_sink_masked" or any(row.get(m) is not None for row in rows)]

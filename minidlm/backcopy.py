@@ -68,9 +68,10 @@ def triggers(n_words: int = 64, n_triggers: int = 3, seed: int = 0) -> list:
 def copy_accuracy(model, tokenizer, docs, trigger_words, max_docs: int = 200, seed: int = 0) -> dict:
     """How often the model fills masked copies (the words after a trigger) correctly, beside as
     many masked ordinary words chosen at random: each document's first window, with all of its
-    copies (or those ordinary words) masked at once (an ordinary word is neither a copy, nor a trigger, nor right before one).
-    Every word is one BPE token here; documents where not, or without a trigger, are skipped.
-    Words are encoded with their leading space, as inside a document."""
+    copies (or those ordinary words) masked at once (an ordinary word is neither a copy, nor a
+    trigger, nor right before one). Every word is one BPE token here; documents where not, or
+    without a trigger, are skipped. Words are encoded with their leading space, as inside a
+    document."""
     device = next(model.parameters()).device
     trig = torch.tensor([tokenizer.encode(" " + w)[0] for w in trigger_words], device=device)
     g = torch.Generator().manual_seed(seed)

@@ -11,8 +11,9 @@ dLLM-Cache's (arXiv 2506.06295), whose reuse of RESPONSE features causes the Rep
 `hidden[layer]` keeps, for CoTA's CTEV, the residual stream after each layer in `keep_hidden` for
 every position: the states the model used at this step, stale ones included. `observe=True` keeps
 every layer's hidden state and, in `record`, an `AttentionRecord` of the attention in effect for
-the probes (observe.py); it changes no computation. Buffers are allocated once per call and written in place; rows per
-step are a Python int, so shapes are static and nothing syncs with the host.
+the probes (observe.py); it changes no computation. Buffers are allocated once per call and
+written in place; rows per step are a Python int, so shapes are static and nothing syncs with the
+host.
 `rows_computed[layer]` counts rows through attention and FFN.
 """
 

@@ -5,8 +5,8 @@ whose fresh value vector V is least similar (cosine) to the cached one: `LeastSi
 `StaleFirst` (ours) spends the same budget first on rows next to a token committed since the
 layer last computed them. CoTA's CTAR, context-token attention repair (the authors' later code;
 cota.py turns it on), is `StaleFirst` with a +-w window and a larger budget in the deep layers
-only (`ctar_policy`): it repairs staleness instead of adding a distance prior. The other samplers
-caches recompute every row near a new commit anyway, so CTAR acts only on the feature cache.
+only (`ctar_policy`): it repairs staleness instead of adding a distance prior. The other caches
+recompute every row near a new commit anyway, so CTAR acts only on the feature cache.
 
 A policy sees every step's canvas (`start_step`) and every recompute (`computed`), and answers,
 per layer, how many rows (`budget`) and which (`pick`, given the similarity of each response row).
