@@ -11,9 +11,8 @@ on the same machine in the same run (a large square matmul of the same dtype), w
 a row in float32, and a row under bf16 autocast where the device multiplies bf16 natively (CUDA,
 or a CPU with AVX512-BF16 or AMX), which train_tiny.py then uses by default.
 
-Rows: `uncached` (our sampler), `llada-ref` (a plain re-implementation of LLaDA's `generate` loop:
-full forward each step, float64 softmax, a per-row top-k with a tensor k, i.e. one host sync per
-row per step), then the prefix, dual and feature caches. For each: tokens/s, speed-up over
+Rows: `uncached` (our sampler), `plain-loop` (`sampler.llada_generate`, the plain LLaDA loop a
+student reads first: full forward each step, no padding, no cache), then the prefix, dual and feature caches. For each: tokens/s, speed-up over
 uncached, the IDEAL speed-up = (rows the uncached sampler computes) / (rows this one computes),
 summed over layers, and achieved / ideal. The ideal ignores what a cache adds (the feature
 cache's V projection of every response row for its similarity test, gathers and scatters), so
@@ -23,42 +22,12 @@ of generated tokens equal to the uncached sampler's.
 import time
 
 import torch
-import torch.nn.functional as F
 
 from minidlm.checkpoint import CheckpointError, load_model
 from minidlm.cli import (ArgumentParser, die, number, pick_device, positive_int, preflight,
                          run_main, write_json)
 from minidlm.data import load_documents
-from minidlm.sampler import SamplerConfig, generate
-
-
-@torch.no_grad()
-def llada_reference(model, prompt, mask_id, gen_length, steps, block_length):
-    """LLaDA's generate loop as published (greedy, low-confidence remasking), written out plainly."""
-    x = torch.full((prompt.shape[0], prompt.shape[1] + gen_length), mask_id, device=prompt.device)
-    x[:, :prompt.shape[1]] = prompt
-    num_blocks = gen_length // block_length
-    for b in range(num_blocks):
-        end = prompt.shape[1] + (b + 1) * block_length
-        block_mask = x[:, end - block_length:end] == mask_id
-        n = block_mask.sum(1, keepdim=True)  # a tensor k per row, as in LLaDA
-        per_step = steps // num_blocks
-        num_transfer = (n // per_step).repeat(1, per_step)
-        num_transfer[:, : per_step] += torch.arange(per_step, device=x.device) < (n % per_step)
-        for i in range(per_step):
-            mask_index = x == mask_id
-            logits = model(x)
-            x0 = logits.argmax(-1)
-            p = F.softmax(logits.double(), dim=-1).gather(-1, x0.unsqueeze(-1)).squeeze(-1)
-            p[:, end:] = float("-inf")
-            x0 = torch.where(mask_index, x0, x)
-            confidence = torch.where(mask_index, p, torch.tensor(float("-inf"), device=x.device))
-            transfer = torch.zeros_like(x0, dtype=torch.bool)
-            for j in range(confidence.shape[0]):  # the per-row loop: a host sync per row
-                _, select = torch.topk(confidence[j], k=int(num_transfer[j, i]))
-                transfer[j, select] = True
-            x[transfer] = x0[transfer]
-    return x[:, prompt.shape[1]:]
+from minidlm.sampler import SamplerConfig, generate, llada_generate
 
 
 def timed(fn, device, repeats):
@@ -104,30 +73,31 @@ def train_benchmark(device, seconds: float, json_path=None):
     """Optimizer steps of the default train_tiny.py run on random tokens: in float32, and under
     bf16 autocast where the device multiplies bf16 natively (train_tiny.py's default there), each
     against the matmul peak of its own dtype."""
-    import train_tiny  # the default model and recipe, from the one place that defines them
-    from minidlm.model import DiffusionLM
+    from minidlm.model import DiffusionLM, ModelConfig
     from minidlm.optim import build_optimizers
+    from minidlm.train import TrainConfig, bf16_autocast, native_bf16, train_step
 
-    args = train_tiny.parse_args([])
-    cfg = train_tiny.model_config(args, args.vocab_size)
-    tokens, flops = args.batch_size * args.seq_len, flops_per_token(cfg, args.seq_len)
+    cfg, args = ModelConfig(), TrainConfig()  # train_tiny.py's default model and recipe
+    seq_len = cfg.max_seq_len
+    tokens, flops = args.batch_size * seq_len, flops_per_token(cfg, seq_len)
     modes = {"float32": (None, torch.float32)}
-    if train_tiny.native_bf16(device):
-        modes["bf16 autocast (default here)"] = (train_tiny.bf16_autocast(device), torch.bfloat16)
+    if native_bf16(device):
+        modes["bf16 autocast (default here)"] = (bf16_autocast(device), torch.bfloat16)
     rows = []
     for name, (autocast, dtype) in modes.items():
         torch.manual_seed(0)
         model = DiffusionLM(cfg).to(device).train()
         opts = build_optimizers(model, args.optimizer, args.lr, args.muon_lr, args.weight_decay)
         g = torch.Generator(device=device).manual_seed(0)
-        x0 = torch.randint(0, args.vocab_size - 1, (args.batch_size, args.seq_len), device=device)
-        step = lambda: train_tiny.train_step(model, opts, x0, args.vocab_size - 1, g, args, autocast=autocast)
+        mask_id = cfg.vocab_size - 1
+        x0 = torch.randint(0, mask_id, (args.batch_size, seq_len), device=device)
+        step = lambda: train_step(model, opts, x0, mask_id, g, args, autocast=autocast)
         per_step = timed_loop(step, device, seconds)
         achieved, peak = tokens * flops / per_step / 1e9, matmul_peak_gflops(device, dtype=dtype)
         rows.append({"arithmetic": name, "tokens_per_s": tokens / per_step, "flops_per_token": flops,
                      "achieved_gflops": achieved, "peak_gflops": peak})
     print(f"device {device.type}, threads {torch.get_num_threads()}, default train_tiny.py model "
-          f"({model.num_params():,} parameters), batch {args.batch_size} x {args.seq_len}, {args.optimizer}")
+          f"({model.num_params():,} parameters), batch {args.batch_size} x {seq_len}, {args.optimizer}")
     print("| arithmetic | tokens/s | FLOPs/token | achieved GFLOP/s | matmul peak GFLOP/s (same dtype) | achieved/peak |")
     print("|---|---|---|---|---|---|")
     for r in rows:
@@ -191,11 +161,11 @@ def main():
             out, seconds = timed(run, device, repeats)
             results[name] = (out, seconds, sum(stats["rows_per_layer"]))
         ref_prompt = torch.tensor(prompts, device=device)
-        ref = lambda: llada_reference(model, ref_prompt, tok.mask_id, gen_length, gen_length, 32)
+        ref = lambda: llada_generate(model, ref_prompt, tok.mask_id, gen_length, gen_length, 32)
         out, seconds = timed(ref, device, repeats)
-        results["llada-ref"] = (out, seconds, results["uncached"][2])
+        results["plain-loop"] = (out, seconds, results["uncached"][2])
         base_out, base_s, base_rows = results["uncached"]
-        for name in ["uncached", "llada-ref", *list(rows)[1:]]:
+        for name in ["uncached", "plain-loop", *list(rows)[1:]]:
             out, seconds, n_rows = results[name]
             speedup, ideal = base_s / seconds, base_rows / n_rows
             agree = (out == base_out).float().mean().item()

@@ -19,6 +19,8 @@ from .model import DiffusionLM, ModelConfig
 from .tokenizer import Tokenizer
 
 FORMAT = "minidlm-checkpoint-v1"
+# Checkpoints saved before these options existed were trained without them.
+ABSENT_MEANS = dict(qk_norm=False, mlp_act="gelu", head_bias=False, zero_init=False)
 
 
 class CheckpointError(Exception):
@@ -73,7 +75,7 @@ def load_model(path: str, device="cpu"):
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a minidlm model checkpoint ({FORMAT})")
     try:
-        cfg = ModelConfig(**ckpt["config"])
+        cfg = ModelConfig(**{**ABSENT_MEANS, **ckpt["config"]})
         model = DiffusionLM(cfg)
         model.load_state_dict({k: v.float() for k, v in ckpt["model"].items()})
         tokenizer = Tokenizer.from_state_dict(ckpt["tokenizer"])

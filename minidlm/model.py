@@ -41,10 +41,10 @@ class ModelConfig:
     sink_rotation: bool = True  # False: the sink's key is scored without RoPE (sink_variants.py)
     sink_value: str = "learned"  # "zero": the sink's value vectors are zero (sink_variants.py)
     rope_base: float = 10000.0
-    qk_norm: bool = False       # RMS-normalise queries and keys per head before RoPE
-    mlp_act: str = "gelu"       # "gelu" or "relu2" (ReLU squared)
-    head_bias: bool = False     # a bias on the output logits (train_tiny starts it at log unigram)
-    zero_init: bool = False     # start the residual projections (attn out, MLP down) at zero
+    qk_norm: bool = True        # RMS-normalise queries and keys per head before RoPE
+    mlp_act: str = "relu2"      # "relu2" (ReLU squared) or "gelu"
+    head_bias: bool = True      # a bias on the output logits (train_tiny starts it at log unigram)
+    zero_init: bool = True      # start the residual projections (attn out, MLP down) at zero
 
 
 @dataclass

@@ -1,21 +1,22 @@
 """The reverse process: LLaDA's sampler (arXiv 2502.09992, Algorithm 4 / low-confidence remasking).
 
-A canvas holds given tokens and N [MASK]s, the holes (`infill`); continuation (`generate`) is the
-case "prompt, then one hole of gen_length at the end". The holes, in canvas order, are cut into
-blocks of `block_length` decoded one after another, each in `steps / num_blocks` steps. Each step:
+Read `llada_generate` first: the whole method in a plain loop. Everything after it generalises
+that loop and is tested to give the same tokens (tests/test_sampler.py):
 
-    x0_hat   = argmax(logits / T + Gumbel)          (T = 0: plain argmax; noise drawn in float64)
-    conf_i   = softmax(logits)_i[x0_hat_i]           (low-confidence)  or  U(0, 1)  (random)
-    commit the k most confident still-masked positions of the current block,
+- `infill` fills [MASK]s anywhere in a canvas (holes), for a batch of rows of different lengths
+  (LEFT-padded; padded keys get -inf through the model's additive attention bias and each row's
+  positions start at 0 at its first real token, so a row's output does not depend on the others);
+  continuation (`generate`) is the case "prompt, then one hole of gen_length at the end";
+- it samples at a temperature (x0_hat = argmax(logits / T + Gumbel), the noise in float64) or
+  remasks at random (conf_i ~ U(0, 1)) instead of by confidence;
+- it reuses work across steps through a cache (cache.py) and can apply CoTA (cota.py).
 
-where k follows the even schedule: the block's n masks spread over its steps, the first n % steps
-steps taking one more. Committed tokens never change again.
-
-Batching: canvases of different lengths are LEFT-padded; padded keys get -inf through the model's
-additive attention bias and each row's positions start at 0 at its first real token, so a row's
-output does not depend on the others. Every row has the same N, so k is one Python int and one
-batched `topk` commits exactly k tokens per row; the rows' holes may lie in different columns.
-Inside the step loop there is no host sync and no Python loop over rows.
+The holes, in canvas order, are cut into blocks of `block_length` decoded one after another, each
+in `steps / num_blocks` steps; a step commits the k most confident still-masked positions of the
+current block, k following the even schedule (the block's n masks spread over its steps, the first
+n % steps steps taking one more). Committed tokens never change again. Every row has the same
+number of holes, so k is one Python int and one batched `topk` commits exactly k tokens per row:
+inside the step loop there is no host sync and no Python loop over rows.
 """
 from dataclasses import dataclass, field, replace
 
@@ -26,6 +27,29 @@ from .cache import CACHES, FeatureCache
 from .data import pad_prompts, padding_bias
 from .refresh import LeastSimilar, StaleFirst
 from .cota import CoTA, CoTAConfig
+
+
+@torch.no_grad()
+def llada_generate(model, prompt, mask_id: int, gen_length=128, steps=128, block_length=32):
+    """LLaDA's reverse process, plainly: greedy, low-confidence remasking, blocks left to right.
+    prompt: (B, P) token ids, every row the same length. Returns the (B, gen_length) answers."""
+    B, P = prompt.shape
+    x = torch.cat([prompt, torch.full((B, gen_length), mask_id, dtype=prompt.dtype, device=prompt.device)], dim=1)
+    num_blocks = gen_length // block_length
+    per_block = steps // num_blocks                           # denoising steps per block
+    for b in range(num_blocks):
+        lo, hi = P + b * block_length, P + (b + 1) * block_length  # the block being decoded
+        for i in range(per_block):
+            k = block_length // per_block + (i < block_length % per_block)  # tokens to commit now
+            logits = model(x)                                 # predict every position at once
+            logits[..., mask_id] = float("-inf")              # [MASK] is never an answer
+            x0 = logits.argmax(-1)                            # the best guess everywhere
+            conf = F.softmax(logits, dim=-1).gather(-1, x0[..., None]).squeeze(-1)  # and how sure
+            conf[x != mask_id] = float("-inf")                # only still-masked positions ...
+            conf[:, :lo] = conf[:, hi:] = float("-inf")       # ... of the current block compete
+            chosen = conf.topk(k, dim=-1).indices             # the k most confident
+            x.scatter_(1, chosen, x0.gather(1, chosen))       # commit them: they never change
+    return x[:, P:]
 
 
 REMASKING = ("low_confidence", "random")

@@ -22,7 +22,7 @@ def tiny_model(sink=False, seed=0, n_layer=2, max_seq_len=64, sink_rotation=True
     torch.manual_seed(seed)
     cfg = ModelConfig(vocab_size=VOCAB, n_layer=n_layer, n_head=2, d_model=16,
                       max_seq_len=max_seq_len, sink=sink, sink_rotation=sink_rotation,
-                      sink_value=sink_value, **arch)
+                      sink_value=sink_value, zero_init=False, **arch)
     model = DiffusionLM(cfg).double().eval()
     with torch.no_grad():  # larger weights than the init so predictions are not all alike
         for p in model.parameters():

@@ -21,8 +21,10 @@ TINY = ["--n-layer", "1", "--d-model", "16", "--n-head", "2", "--seq-len", "32",
 
 
 def run(script, *args):
+    """`python script ...` from the repository root; a study as `python -m studies.NAME ...`."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, os.path.join(ROOT, script), *args], cwd=ROOT, env=env,
+    target = ["-m", script[:-3].replace("/", ".")] if script.startswith("studies/") else [script]
+    return subprocess.run([sys.executable, *target, *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=300)
 
 
@@ -108,12 +110,12 @@ def test_infill_fills_every_hole_and_keeps_the_given_text(checkpoint):
 
 def test_infill_study_prints_both_contexts_and_reprints_its_json(checkpoint, tmp_path):
     out = tmp_path / "infill.json"
-    r = run("infill_study.py", "--checkpoint", str(checkpoint), "--stories", "6", "--json", str(out))
+    r = run("studies/infill_study.py", "--checkpoint", str(checkpoint), "--stories", "6", "--json", str(out))
     assert r.returncode == 0, r.stderr
     assert r.stdout.count("| both sides |") == 2 and r.stdout.count("| left only |") == 2
-    again = run("infill_study.py", "--from-json", str(out))
+    again = run("studies/infill_study.py", "--from-json", str(out))
     assert again.returncode == 0 and again.stdout == r.stdout
-    assert_clean_error(run("infill_study.py", "--from-json", str(checkpoint)), "not a table written by")
+    assert_clean_error(run("studies/infill_study.py", "--from-json", str(checkpoint)), "not a table written by")
 
 
 def test_sample_truncated_checkpoint(checkpoint, tmp_path):
@@ -165,7 +167,7 @@ def test_repeat_study_on_a_users_text_drops_the_grammar_column(tmp_path):
     data = tmp_path / "mine.txt"
     data.write_text(TEXT)
     out = tmp_path / "rows.json"
-    r = run("repeat_study.py", "--data", str(data), "--prompts", "2", "--seeds", "0", "--gen-length", "8",
+    r = run("studies/repeat_study.py", "--data", str(data), "--prompts", "2", "--seeds", "0", "--gen-length", "8",
             "--rows", "stale-first", "--flow-prompts", "0", "--json", str(out))
     assert r.returncode == 0, r.stderr
     rows = json.loads(out.read_text())["rows"]
@@ -175,27 +177,27 @@ def test_repeat_study_on_a_users_text_drops_the_grammar_column(tmp_path):
 
 def test_repeat_study_over_model_seeds_prints_mean_and_sd_and_reprints_it(tmp_path):
     out = tmp_path / "rows.json"
-    r = run("repeat_study.py", "--checkpoint", "checkpoints/tiny.pt", "checkpoints/tiny.pt", "--prompts", "2",
+    r = run("studies/repeat_study.py", "--checkpoint", "checkpoints/tiny.pt", "checkpoints/tiny.pt", "--prompts", "2",
             "--seeds", "0", "--gen-length", "8", "--rows", "dual", "--flow-prompts", "0", "--json", str(out))
     assert r.returncode == 0, r.stderr
     assert "mean +- sd over 2 models" in r.stdout and "| dual | 0.00 +- 0.00 |" in r.stdout
-    again = run("repeat_study.py", "--from-json", str(out))
+    again = run("studies/repeat_study.py", "--from-json", str(out))
     assert again.returncode == 0 and again.stdout == r.stdout, again.stderr
 
 
 def test_sink_compare_writes_rows_with_the_promised_fields(tmp_path):
     out = tmp_path / "cmp.json"
-    r = run("sink_compare.py", "--arm", "base=checkpoints/tiny.pt", "--arm", "sink=checkpoints/tiny-sink.pt",
+    r = run("studies/sink_compare.py", "--arm", "base=checkpoints/tiny.pt", "--arm", "sink=checkpoints/tiny-sink.pt",
             "--prompts", "2", "--windows", "2", "--mc", "1", "--json", str(out))
     assert r.returncode == 0, r.stderr
     row, sink = json.loads(out.read_text())
     assert row["model"] == "base" and {"nelbo", "switch_rate", "sink_mass"} <= set(row)
     assert row["nelbo_sink_masked"] is None and sink["nelbo_sink_masked"] > 0  # the ablation: sink models only
     assert "[SINK] masked" in r.stdout.splitlines()[0]
-    assert_clean_error(run("sink_compare.py", "--arm", "base=no/such.pt"), "not found")
-    again = run("sink_compare.py", "--from-json", str(out))  # re-renders without measuring
+    assert_clean_error(run("studies/sink_compare.py", "--arm", "base=no/such.pt"), "not found")
+    again = run("studies/sink_compare.py", "--from-json", str(out))  # re-renders without measuring
     assert again.returncode == 0 and again.stdout.splitlines()[2] == r.stdout.splitlines()[2]
-    assert_clean_error(run("sink_compare.py", "--from-json", "README.md"), "not a comparison")
+    assert_clean_error(run("studies/sink_compare.py", "--from-json", "README.md"), "not a comparison")
 
 
 def test_ctar_runs_with_the_feature_cache_and_says_when_it_has_nothing_to_repair(checkpoint):
@@ -208,14 +210,14 @@ def test_ctar_runs_with_the_feature_cache_and_says_when_it_has_nothing_to_repair
 
 
 def test_reproduce_rejects_bad_flags_in_one_line():
-    assert_clean_error(run("reproduce.py", "--fast"), "unrecognized arguments")
+    assert_clean_error(run("studies/reproduce.py", "--fast"), "unrecognized arguments")
 
 
 def test_retrain_reruns_the_recorded_command_and_swaps_the_result_in(tmp_path, monkeypatch):
     """reproduce.py --retrain: train into runs/retrain/, then replace the checkpoint, keeping the
     recorded command; the same seed gives the same weights."""
-    import reproduce
     from minidlm.checkpoint import read
+    from studies import reproduce
     text, path = tmp_path / "text.txt", tmp_path / "model.pt"
     text.write_text(TEXT)
     r = run("train_tiny.py", "--out", str(path), "--steps", "2", "--data", str(text), *TINY)

@@ -11,7 +11,8 @@ import pytest
 from hypothesis import given, strategies as st
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-SCRIPTS = ["train_tiny", "sample", "repeat_study", "sink_compare", "bench", "reproduce", "ablation", "infill_study"]
+SCRIPTS = ["train_tiny", "sample", "bench", *(f"studies.{name}" for name in
+                                              ["repeat_study", "sink_compare", "reproduce", "ablation", "infill_study"])]
 PARSERS = {name: importlib.import_module(name).build_parser for name in SCRIPTS}
 
 

@@ -20,8 +20,10 @@ CACHES = {"none": {}, "prefix": dict(cache="prefix"), "dual": dict(cache="dual")
 SAMPLING = {"greedy": {}, "t0.7-random": dict(temperature=0.7, remasking="random"), "t0.7": dict(temperature=0.7)}
 
 
-SHIPPED_CASES = {("none", "off"), ("dual", "cota"), ("feature", "off"), ("feature", "cota"),
-                 ("stale-first", "ctar"), ("fresh-v", "context")}
+# On the shipped model the feature cache's refresh picks among near-tied similarities, which even
+# in float64 rank differently with different CPUs' matmul kernels (AVX2, AVX-512, AMX): its cases
+# there are not a property of the code. The tiny models cover every feature-cache case exactly.
+SHIPPED_CASES = {("none", "off"), ("dual", "cota")}
 
 
 def golden_cases():
@@ -33,8 +35,7 @@ def test_continuation_gives_exactly_the_tokens_of_before_infilling():
     """tests/data/continuation.json holds generate's tokens from before the sampler took holes
     anywhere (commit ae79df6): every cache, with and without CoTA, greedy and sampled, on tiny
     random models and on the shipped checkpoint. The same calls must give the same tokens.
-    Everything runs in float64: in float32 the feature cache's near-tied similarities rank
-    differently on different CPUs (AVX2 against AVX-512 kernels), which is not a change of ours."""
+    Everything runs in float64, so that a tie between two confidences cannot flip on rounding."""
     from minidlm.checkpoint import load_model
     models = {f"tiny sink={s}": (tiny_model(sink=s, n_layer=4), MASK_ID, PAD_ID,
                                  [[1, 2, 3], [4, 5]], dict(gen_length=8, block_length=4, steps=8), 3)
@@ -187,7 +188,7 @@ def test_a_prompt_with_a_mask_in_it_is_not_a_continuation():
 def test_the_study_blanks_the_first_mention_of_a_word_that_comes_back_later():
     import sys
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    from infill_study import first_mention, holes_of
+    from studies.infill_study import first_mention, holes_of
     from minidlm.tokenizer import Tokenizer
     story = "Once upon a time, there was a girl named Mia. She had a kite. Mia flew the kite."
     start, end = first_mention(story, ["Tom", "Mia"])

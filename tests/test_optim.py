@@ -5,7 +5,7 @@ import torch.optim._muon as library
 from hypothesis import given, strategies as st
 
 from conftest import tiny_model
-from minidlm.model import DiffusionLM
+from minidlm.model import DiffusionLM, ModelConfig
 from minidlm.optim import Muon, build_optimizers, lr_factor, newton_schulz_float32
 
 COEFFS = (3.4445, -4.775, 2.0315)
@@ -64,19 +64,18 @@ def test_wsd_is_flat_then_decays_linearly_to_zero():
 def test_bf16_autocast_only_where_the_device_multiplies_bf16_natively(monkeypatch):
     """train_tiny.py's --bf16 (default on): autocast on a CPU with AVX512-BF16 or AMX, float32 on
     one without (emulated bf16 is slower there); parameters and loss stay float32 either way."""
-    import train_tiny
+    from minidlm.train import TrainConfig, bf16_autocast, train_step
     cpu = torch.device("cpu")
     for avx512_bf16, amx, expected in [(False, False, False), (True, False, True), (False, True, True)]:
         monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=avx512_bf16: v)
         monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda v=amx: v)
-        autocast = train_tiny.bf16_autocast(cpu)
+        autocast = bf16_autocast(cpu)
         assert (autocast is not None) == expected
     assert autocast.fast_dtype == torch.bfloat16
-    args = train_tiny.parse_args(["--n-layer", "1", "--d-model", "16", "--n-head", "2", "--seq-len", "8",
-                                  "--vocab-size", "300"])
-    model = DiffusionLM(train_tiny.model_config(args, 300))
+    args = TrainConfig()
+    model = DiffusionLM(ModelConfig(vocab_size=300, n_layer=1, n_head=2, d_model=16, max_seq_len=8))
     opts = build_optimizers(model, args.optimizer, args.lr, args.muon_lr, args.weight_decay)
     x0 = torch.randint(0, 299, (4, 8))
-    loss = train_tiny.train_step(model, opts, x0, 299, torch.Generator().manual_seed(0), args, autocast=autocast)
+    loss = train_step(model, opts, x0, 299, torch.Generator().manual_seed(0), args, autocast=autocast)
     assert loss.dtype == torch.float32 and torch.isfinite(loss)
     assert all(p.dtype == torch.float32 for p in model.parameters())

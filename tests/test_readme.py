@@ -44,16 +44,16 @@ STUDY_PAGES = ["README.md", "docs/caches.md", "docs/sinks.md", "docs/repeat-curs
 
 
 def test_every_study_table_is_in_the_latest_report():
-    """The tables of the README and the study pages are copied from results/REPORT.md (python
+    """The tables of the README and the study pages are copied from studies/results/REPORT.md (python
     reproduce.py): a rerun that changes a number makes this fail until the pages are updated."""
-    report = read("results/REPORT.md")
+    report = read("studies/results/REPORT.md")
     missing = []
     for page in STUDY_PAGES:
         page_tables = tables(read(page))
         assert page_tables, f"{page} has no table"
         missing += [f"{page}: " + t.splitlines()[0] + "\n" + t.splitlines()[2]
                     for t in page_tables if t not in report]
-    assert not missing, "tables not in results/REPORT.md:\n" + "\n\n".join(missing)
+    assert not missing, "tables not in studies/results/REPORT.md:\n" + "\n\n".join(missing)
 
 
 def test_every_figure_and_page_link_exists():

@@ -1,9 +1,9 @@
 """The Repeat Curse and CoTA, measured: one table, one command.
 
-    python repeat_study.py                      # shipped model, 100 held-out prompts x 2 seeds
-    python repeat_study.py --quick              # 32 prompts x 1 seed, a classroom version
-    python repeat_study.py --checkpoint runs/mine.pt --data my.txt
-    python repeat_study.py --checkpoint runs/seeds/base-{0,1,2}.pt --seeds 0   # over model seeds
+    python -m studies.repeat_study                      # shipped model, 100 held-out prompts x 2 seeds
+    python -m studies.repeat_study --quick              # 32 prompts x 1 seed, a classroom version
+    python -m studies.repeat_study --checkpoint runs/mine.pt --data my.txt
+    python -m studies.repeat_study --checkpoint runs/seeds/base-{0,1,2}.pt --seeds 0   # over model seeds
 
 Protocol of "Context Tokens are Anchors" (arXiv 2601.20520): a single block, one token committed
 per step, greedy, low-confidence remasking. Each seed draws a different set of held-out prompts
@@ -221,8 +221,8 @@ def build_parser():
     p.add_argument("--batch-size", type=number(int, 1, 4096), default=50)
     p.add_argument("--rows", default=None, help="comma-separated row keys, run in this order (default: all; "
                    f"keys: {', '.join(ROWS)}; with --sweep: {', '.join(SWEEP_ROWS)}; "
-                   f"the README's headline rows: {HEADLINE})")
-    p.add_argument("--json", default="results/repeat_study.json", help="where to write the JSON rows")
+                   f"or headline, the README's rows: {HEADLINE})")
+    p.add_argument("--json", default="studies/results/repeat_study.json", help="where to write the JSON rows")
     p.add_argument("--device", default="auto")
     p.add_argument("--flow-prompts", type=number(int, 0, 100000), default=30,
                    help="prompts for the information-flow view (0 skips it)")
@@ -279,7 +279,8 @@ def main():
         die(str(e))
     grammar = args.data is None
     table = SWEEP_ROWS if args.sweep else ROWS
-    keys = list(table) if args.rows is None else [k.strip() for k in args.rows.split(",")]
+    rows = HEADLINE if args.rows == "headline" else args.rows
+    keys = list(table) if rows is None else [k.strip() for k in rows.split(",")]
     unknown = [k for k in keys if k not in table]
     if unknown:
         die(f"--rows: no row {unknown[0]!r}; the rows are {', '.join(table)}")

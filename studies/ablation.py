@@ -1,10 +1,10 @@
 """The training-recipe ablation: today's recipe, each lever alone, and the default, over seeds.
 
-    python ablation.py                                  # embedded corpus, seeds 0 1
-    python ablation.py --data runs/pydoc.txt --rows first-round,default --json results/ablation-pydoc.json
-    python ablation.py --from-json results/ablation.json    # print a saved table again
-    python ablation.py --rows default,fp32,plain-ce,batch-4 --steps 550 --seeds 1 --json r1.json  # one seed
-    python ablation.py --from-json r0.json r1.json          # seeds run side by side, as one table
+    python -m studies.ablation                                  # embedded corpus, seeds 0 1
+    python -m studies.ablation --data runs/pydoc.txt --rows first-round,default --json studies/results/ablation-pydoc.json
+    python -m studies.ablation --from-json studies/results/ablation.json    # print a saved table again
+    python -m studies.ablation --rows default,fp32,plain-ce,batch-4 --steps 550 --seeds 1 --json r1.json  # one seed
+    python -m studies.ablation --from-json r0.json r1.json          # seeds run side by side, as one table
 
 Every row is `python train_tiny.py` with the flags below, run twice per seed: once for the same
 number of training tokens as the default recipe's run of `--steps` steps (equal TOKENS), and once
@@ -28,8 +28,8 @@ import statistics
 import subprocess
 import sys
 
-import train_tiny
 from minidlm.checkpoint import read
+from minidlm.train import TrainConfig
 from minidlm.cli import ArgumentParser, die, number, preflight, run_main, write_json
 
 # key: (what it shows, train_tiny.py flags on top of the default recipe)
@@ -55,7 +55,7 @@ SAME_SPEED = 0.03
 
 def run(flags, out, log):
     """Train (or reuse a finished run of exactly this command at `out`) and return its metrics."""
-    command = [sys.executable, "train_tiny.py", "--out", out, "--force", "--curve-every", "100000", *flags]
+    command = [sys.executable, "train_tiny.py", "--out", out, "--force", *flags]
     shown = "python " + " ".join(shlex.quote(a) for a in command[1:])  # as train_tiny records it
     done = os.path.exists(out) and read(out)["meta"]
     if done and done.get("command") == shown and done.get("metrics"):
@@ -104,7 +104,7 @@ def build_parser():
     p.add_argument("--steps", type=number(int, lo=1, hi=10**6), default=200,
                    help="steps of the default recipe; the other rows get as many tokens (default %(default)s)")
     p.add_argument("--threads", type=number(int, lo=1, hi=1024), default=None)
-    p.add_argument("--json", default="results/ablation.json", help="where the rows go (default %(default)s)")
+    p.add_argument("--json", default="studies/results/ablation.json", help="where the rows go (default %(default)s)")
     p.add_argument("--from-json", default=None, nargs="+", metavar="PATH",
                    help="print a saved ablation and exit; several files (e.g. one per seed, run side "
                         "by side) are merged into one table")
@@ -134,7 +134,7 @@ def main():
     common = (["--data", args.data] if args.data else []) + (["--threads", str(args.threads)] if args.threads else [])
     name = os.path.splitext(os.path.basename(args.data))[0] if args.data else "embedded"
     os.makedirs("runs/ablation", exist_ok=True)
-    defaults = train_tiny.parse_args([])
+    defaults = TrainConfig()
     results = {"data": args.data or "embedded corpus", "seeds": args.seeds, "rows": {}}
     for key in keys:
         row = results["rows"][key] = {"tokens": [], "time": [], "time_reused": True}

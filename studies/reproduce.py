@@ -1,18 +1,18 @@
 """Every table and figure of the README, from the shipped checkpoints, in one command.
 
-    python reproduce.py             # 10-20 minutes on a 2-core laptop CPU -> results/REPORT.md
-    python reproduce.py --quick     # the classroom version, a few minutes -> results/quick/REPORT.md
-    python reproduce.py --retrain   # first retrain the shipped models with their recorded commands
-    python reproduce.py --seeds     # also retrain the 3-seed runs: sink comparison, Repeat Curse (~2 h)
+    python -m studies.reproduce             # 10-20 minutes on a 2-core laptop CPU -> studies/results/REPORT.md
+    python -m studies.reproduce --quick     # the classroom version, a few minutes -> studies/results/quick/REPORT.md
+    python -m studies.reproduce --retrain   # first retrain the shipped models with their recorded commands
+    python -m studies.reproduce --seeds     # also retrain the 3-seed runs: sink comparison, Repeat Curse (~2 h)
 
 Each stage is one of the repo's own commands, run as a subprocess exactly as printed in the
 report, so any table can be rerun alone. Their progress goes to the terminal; their stdout (the
-tables) goes into the report. Figures go to docs/ (results/quick/ with --quick) when matplotlib
-is installed (the plot extra). The README's tables are copied from results/REPORT.md, and
+tables) goes into the report. Figures go to docs/ (studies/results/quick/ with --quick) when matplotlib
+is installed (the plot extra). The README's tables are copied from studies/results/REPORT.md, and
 tests/test_readme.py checks that every one of them is still there, so the two cannot drift.
 
 The 3-seed tables need nine training runs that are not shipped (runs/ is not in git): their rows
-are kept in results/sink_seeds.json and results/repeat_seeds.json, printed again by every run of
+are kept in studies/results/sink_seeds.json and studies/results/repeat_seeds.json, printed again by every run of
 this script, and remeasured only with --seeds.
 """
 import math
@@ -30,38 +30,38 @@ from minidlm.data import fixed_windows, load_documents, token_stream
 from minidlm.diffusion import evaluate_nelbo
 from minidlm.evaluate import unigram_entropy_bits
 from minidlm.cli import ArgumentParser, die, preflight, run_main
-from repeat_study import HEADLINE
 
 PY = sys.executable
 SHIPPED = ["checkpoints/tiny.pt", "checkpoints/tiny-sink.pt"]
-SEED_ARMS = {"baseline": ("base", []), "sink": ("sink", ["--sink"]),  # arm: (file prefix, flags)
-             "zero-value": ("zsink", ["--sink", "--sink-value", "zero"])}
+CURVE = ["--curve-every", "100"]  # the sink-emergence curve these runs are compared on
+SEED_ARMS = {"baseline": ("base", CURVE), "sink": ("sink", CURVE + ["--sink"]),  # arm: (file prefix, flags)
+             "zero-value": ("zsink", CURVE + ["--sink", "--sink-value", "zero"])}
 SEEDS = (0, 1, 2)
-REPEAT_SEEDS = "results/repeat_seeds.json"
-INFILL_SEEDS = "results/infill_seeds.json"
+REPEAT_SEEDS = "studies/results/repeat_seeds.json"
+INFILL_SEEDS = "studies/results/infill_seeds.json"
 # (what, saved rows, how to rerun them)
-ABLATIONS = [("embedded corpus", ["results/ablation.json"], "`python ablation.py --rows first-round,muon,mid-t,arch,default`"),
-             ("Python's documentation as prose", ["results/ablation-pydoc.json"],
-              "`python ablation.py --data runs/pydoc.txt --rows first-round,default --steps 400 "
-              "--json results/ablation-pydoc.json`"),
+ABLATIONS = [("embedded corpus", ["studies/results/ablation.json"], "`python -m studies.ablation --rows first-round,muon,mid-t,arch,default`"),
+             ("Python's documentation as prose", ["studies/results/ablation-pydoc.json"],
+              "`python -m studies.ablation --data runs/pydoc.txt --rows first-round,default --steps 400 "
+              "--json studies/results/ablation-pydoc.json`"),
              ("levers on top of the default, at the tokens 3 minutes give",
-              ["results/ablation-levers-s0.json", "results/ablation-levers-s1.json"],
-              "`python ablation.py --rows default,fp32,plain-ce,batch-4 --steps 550 --threads 1 --seeds S "
-              "--json results/ablation-levers-sS.json` for S = 0 and 1, side by side")]
+              ["studies/results/ablation-levers-s0.json", "studies/results/ablation-levers-s1.json"],
+              "`python -m studies.ablation --rows default,fp32,plain-ce,batch-4 --steps 550 --threads 1 --seeds S "
+              "--json studies/results/ablation-levers-sS.json` for S = 0 and 1, side by side")]
 
 
 def stages(quick: bool, figures: bool):
     """(title, command, what it shows) for each stage of the report."""
-    out = "results/quick" if quick else "results"
-    docs = "results/quick" if quick else "docs"
+    out = "studies/results/quick" if quick else "results"
+    docs = "studies/results/quick" if quick else "docs"
     plot = lambda folder: ["--plot", folder] if figures else []
     if quick:
-        study = ["repeat_study.py", "--prompts", "16", "--seeds", "0", "--flow-prompts", "8",
+        study = ["-m", "studies.repeat_study", "--prompts", "16", "--seeds", "0", "--flow-prompts", "8",
                  "--rows", "none,dual,feature,feature+cota,feature+ctar+ctev-context,stale-first"]
     else:
-        study = ["repeat_study.py"]
+        study = ["-m", "studies.repeat_study"]
     ablations = [("The training-recipe ablation, " + what + " (saved rows; rerun: " + rerun + ")",
-                  ["ablation.py", "--from-json", *paths],
+                  ["-m", "studies.ablation", "--from-json", *paths],
                   "Full validation NELBO, mean +- sd over 2 seeds, at equal tokens and equal wall time.")
                  for what, paths, rerun in ABLATIONS if all(map(os.path.exists, paths))]
     return [
@@ -80,28 +80,28 @@ def stages(quick: bool, figures: bool):
           "--steps", "64"] + plot(os.path.join(docs, "tiny-sink")),
          "The same with the extra [SINK] token."),
         ("Baseline vs [SINK]: the shipped models",
-         ["sink_compare.py", "--json", f"{out}/sink_compare.json"] + plot(docs)
+         ["-m", "studies.sink_compare", "--json", f"{out}/sink_compare.json"] + plot(docs)
          + (["--prompts", "4", "--windows", "8", "--mc", "2"] if quick else []),
          "Quality and sink behaviour of tiny.pt and tiny-sink.pt (same budget, data and seed)."),
         ("No sink, the [SINK] and the zero-value [SINK] over 3 seeds (saved rows; remeasure with --seeds)",
-         ["sink_compare.py", "--from-json", "results/sink_seeds.json"] + plot(os.path.join(docs, "seeds")),
+         ["-m", "studies.sink_compare", "--from-json", "studies/results/sink_seeds.json"] + plot(os.path.join(docs, "seeds")),
          "Nine runs of the default `python train_tiny.py --seed S [--sink [--sink-value zero]]` "
          "(1,000 x 8 x 256 tokens), three per arm; NELBO on 32 windows x 8 samples (for the sink models also "
          "with [SINK] masked at test time), the probe over 16 held-out prompts."),
         ("The Repeat Curse and CoTA", study + ["--json", f"{out}/repeat_study.json"] + plot(docs),
          "Single block, one token per step, greedy: the authors' protocol."),
         *([("The Repeat Curse over 3 model seeds (saved rows; remeasure with --seeds)",
-            ["repeat_study.py", "--from-json", REPEAT_SEEDS],
+            ["-m", "studies.repeat_study", "--from-json", REPEAT_SEEDS],
             "The headline rows of the same study on the three baseline seed runs of the default recipe "
             "(`python train_tiny.py --seed S`), the same 100 prompts (prompt seed 0) for each: mean +- sd over "
             "the models.")]
           if os.path.exists(REPEAT_SEEDS) and not quick else []),
-        ("Infilling against continuation", ["infill_study.py", "--stories", "100" if quick else "200",
+        ("Infilling against continuation", ["-m", "studies.infill_study", "--stories", "100" if quick else "200",
                                              "--json", f"{out}/infill_study.json"],
          "The main character's name (or the object) blanked out where it is introduced: filled with the "
          "later text present (both sides) and with the text cut at the hole (left only)."),
         *([("Infilling over 3 model seeds (saved rows; remeasure with --seeds)",
-            ["infill_study.py", "--from-json", INFILL_SEEDS],
+            ["-m", "studies.infill_study", "--from-json", INFILL_SEEDS],
             "The same study on the three baseline seed runs of the default recipe: mean +- sd over the models.")]
           if os.path.exists(INFILL_SEEDS) and not quick else []),
     ]
@@ -145,6 +145,8 @@ def retrain(paths, log):
         argv = shlex.split(command)[1:]  # drop "python"
         if not read(path)["meta"].get("bf16") and "--no-bf16" not in argv:
             argv.append("--no-bf16")  # trained in float32 (or before bf16 on the CPU): keep it so
+        if read(path)["meta"].get("curve") and "--curve-every" not in argv:
+            argv += ["--curve-every", "100"]  # it logged the sink curve when that was on by default
         tmp = os.path.join("runs", "retrain", os.path.basename(path))
         argv[argv.index("--out") + 1] = tmp
         run_stage(i, len(paths), f"retrain {path}", argv + ["--force"], log)
@@ -164,13 +166,13 @@ def seed_runs(log):
             run_stage(i, len(jobs), f"train {arm}, seed {s}",
                       ["train_tiny.py", "--seed", str(s), "--out", path, "--force"] + flags, log)
     arms = [f"--arm={arm}={','.join(p)}" for arm, p in paths.items()]
-    run_stage(1, 3, "measure the seed runs", ["sink_compare.py", *arms, "--json", "results/sink_seeds.json"], log)
+    run_stage(1, 3, "measure the seed runs", ["-m", "studies.sink_compare", *arms, "--json", "studies/results/sink_seeds.json"], log)
     run_stage(2, 3, "the Repeat Curse over the baseline seeds",
-              ["repeat_study.py", "--checkpoint", *paths["baseline"], "--rows", HEADLINE, "--seeds", "0",
+              ["-m", "studies.repeat_study", "--checkpoint", *paths["baseline"], "--rows", "headline", "--seeds", "0",
                "--flow-prompts", "0",
                "--json", REPEAT_SEEDS], log)
     run_stage(3, 3, "infilling over the baseline seeds",
-              ["infill_study.py", "--checkpoint", *paths["baseline"], "--json", INFILL_SEEDS], log)
+              ["-m", "studies.infill_study", "--checkpoint", *paths["baseline"], "--json", INFILL_SEEDS], log)
 
 
 def shipped_models_table(windows_n=32, n_mc=16):
@@ -213,9 +215,9 @@ def write_report(path, log, started):
 
 
 def build_parser():
-    p = ArgumentParser(description="Run every experiment of the README and write results/REPORT.md.")
+    p = ArgumentParser(description="Run every experiment of the README and write studies/results/REPORT.md.")
     p.add_argument("--quick", action="store_true",
-                   help="a classroom version in a few minutes (results/quick/REPORT.md)")
+                   help="a classroom version in a few minutes (studies/results/quick/REPORT.md)")
     p.add_argument("--retrain", action="store_true",
                    help="first retrain the shipped checkpoints with their recorded commands (about an hour)")
     p.add_argument("--seeds", action="store_true",
@@ -225,7 +227,7 @@ def build_parser():
 
 def main():
     args = build_parser().parse_args()
-    out = "results/quick" if args.quick else "results"
+    out = "studies/results/quick" if args.quick else "results"
     preflight(outputs=[os.path.join(out, "REPORT.md")], folders=[out if args.quick else "docs"])
     for path in SHIPPED:
         if not os.path.exists(path) and not args.retrain:
@@ -250,7 +252,7 @@ def main():
     plan = stages(args.quick, figures)
     for i, (title, command, what) in enumerate(plan, 1):
         run_stage(i, len(plan), title, command, log, what)
-    report = "results/quick/REPORT.md" if args.quick else "results/REPORT.md"
+    report = "studies/results/quick/REPORT.md" if args.quick else "studies/results/REPORT.md"
     write_report(report, log, started)
     print(f"wrote {report} in {(time.time() - started) / 60:.1f} min", file=sys.stderr)
 

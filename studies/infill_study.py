@@ -1,7 +1,7 @@
 """Does the model use the text AFTER a hole? Infilling against continuation on held-out stories.
 
-    python infill_study.py                                  # the shipped model, 200 stories
-    python infill_study.py --checkpoint runs/seeds/base-0.pt runs/seeds/base-1.pt runs/seeds/base-2.pt
+    python -m studies.infill_study                                  # the shipped model, 200 stories
+    python -m studies.infill_study --checkpoint runs/seeds/base-0.pt runs/seeds/base-1.pt runs/seeds/base-2.pt
 
 Every held-out story of the embedded corpus introduces its main character by name in the first
 sentence and its object ("a red ball") in the second, and most name both again later ("Mia hugged

@@ -1,9 +1,9 @@
 """Baseline vs [SINK] model: quality and sink behaviour side by side, over seeds.
 
-    python sink_compare.py                                  # the shipped checkpoints
-    python sink_compare.py --arm base=runs/a0.pt,runs/a1.pt --arm sink=runs/s0.pt,runs/s1.pt
-    python sink_compare.py --from-json results/sink_seeds.json   # print a saved comparison again
-    python sink_compare.py --data runs/pydoc.txt --arm base=runs/p0.pt --arm sink=runs/ps0.pt   # on your text
+    python -m studies.sink_compare                                  # the shipped checkpoints
+    python -m studies.sink_compare --arm base=runs/a0.pt,runs/a1.pt --arm sink=runs/s0.pt,runs/s1.pt
+    python -m studies.sink_compare --from-json studies/results/sink_seeds.json   # print a saved comparison again
+    python -m studies.sink_compare --data runs/pydoc.txt --arm base=runs/p0.pt --arm sink=runs/ps0.pt   # on your text
 
 Each arm is one or more checkpoints trained alike except for the seed; the table gives the mean
 (and the standard deviation when there are several) of, per checkpoint:
@@ -185,7 +185,7 @@ def build_parser():
     p.add_argument("--prompts", type=number(int, 1, 100000), default=16, help="held-out prompts for samples and probe")
     p.add_argument("--windows", type=number(int, 1, 100000), default=32, help="validation windows for the NELBO")
     p.add_argument("--mc", type=number(int, 1, 1024), default=8, help="Monte-Carlo samples per window")
-    p.add_argument("--json", default="results/sink_compare.json", help="where to write the rows")
+    p.add_argument("--json", default="studies/results/sink_compare.json", help="where to write the rows")
     p.add_argument("--plot", default=None, metavar="DIR", help="write sink_emergence.png here (plot extra)")
     p.add_argument("--device", default="auto")
     return p
