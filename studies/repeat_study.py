@@ -62,15 +62,21 @@ ROWS = {  # stable key: (label in the table, sampler settings, CoTA settings)
     "stale-first": ("feature, stale-first refresh (ours)", {**FEATURE, "cache_stale_first": True}, {}),
     "none+cota": ("none + CoTA (paper)", {}, {**CTAE, **CTEV}),
 }
-SWEEP_ROWS = {  # --sweep: the paper's method at other strengths (the release's constants included)
+PAPER_COTA = dict(ctae=True, ctev=True)  # CoTAConfig's defaults: tau 5, gamma 0.5, lambda 0.75, w 1
+RELEASED_COTA = dict(ctae=True, ctae_tau=2.0, ctae_gamma=0.75, ctev=True, ctev_lambda=0.25, ctev_window=0)
+SWEEP_ROWS = {  # --sweep: the paper's CoTA against the constants of the authors' released code
     "feature": ("feature K_r 7, rho 0.25", FEATURE, {}),
-    "ctae-release": ("feature + CTAE tau 2, gamma 0.75 (release)", FEATURE,
+    "cota-paper": ("feature + CoTA, the paper's constants (tau 5, gamma 0.5, lambda 0.75, w 1)", FEATURE,
+                   PAPER_COTA),
+    "cota-released": ("feature + CoTA, the released code's constants (tau 2, gamma 0.75, lambda 0.25, w 0)",
+                      FEATURE, RELEASED_COTA),
+    "cota-released-w1": ("feature + CoTA, released constants but w 1", FEATURE, {**RELEASED_COTA, "ctev_window": 1}),
+    "ctae-release": ("feature + CTAE tau 2, gamma 0.75 (released)", FEATURE,
                      dict(ctae=True, ctae_tau=2.0, ctae_gamma=0.75)),
     "ctae-strong": ("feature + CTAE tau 2, gamma 0.1 (strong)", FEATURE, dict(ctae=True, ctae_tau=2.0, ctae_gamma=0.1)),
-    "ctev-release": ("feature + CTEV lambda 0.25 (release)", FEATURE, dict(ctev=True, ctev_lambda=0.25)),
-    "ctev-w0": ("feature + CTEV lambda 0.25, w 0", FEATURE, dict(ctev=True, ctev_lambda=0.25, ctev_window=0)),
-    "cota-release": ("feature + CoTA release constants", FEATURE, dict(ctae=True, ctae_tau=2.0, ctae_gamma=0.75,
-                                                                      ctev=True, ctev_lambda=0.25)),
+    "ctev-release": ("feature + CTEV lambda 0.25, w 0 (released)", FEATURE,
+                     dict(ctev=True, ctev_lambda=0.25, ctev_window=0)),
+    "ctev-w1": ("feature + CTEV lambda 0.25, w 1", FEATURE, dict(ctev=True, ctev_lambda=0.25)),
 }
 HEADLINE = "none,dual,feature,feature+cota,feature+ctar+ctev-context,stale-first,none+cota"  # README's rows
 COLUMNS = ["ARR", "SRR", "MRL", "seq_rep_2", "distinct_2", "length", "adj_commit", "grammatical", "tok_s"]
