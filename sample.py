@@ -3,7 +3,8 @@
     python sample.py                                   # a story from checkpoints/tiny.pt
     python sample.py --prompt "Tom had a red ball." --show     # watch the masks fill in
     python sample.py --prompt "Mia was sad." --prompt "A cat sat." --temperature 0.8 --seed 3
-    python sample.py --cache feature --cota            # dLLM-Cache with CoTA against repetition
+    python sample.py --cota                            # the Repeat Curse and CoTA, side by side
+    python sample.py --cache feature --cota released   # dLLM-Cache + CoTA with the authors' code's constants
     python sample.py --prompt "Tom had a red ball." --suffix "Tom was happy again." --gen-length 24
     python sample.py --prompt "Once upon a time, <|hole:3|> had a dog. <|hole:3|> loved it." --show
 
@@ -20,11 +21,18 @@ from minidlm.cli import (SEED, ArgumentParser, die, number, pick_device, positiv
                          require_plot_extra, run_main)
 from minidlm.cache import CACHES
 from minidlm.cota import CTEV_MODES, CoTAConfig
-from minidlm.evaluate import continuation_text, plateau_warning
+from minidlm.data import load_documents
+from minidlm.evaluate import continuation_text, held_out_prompts, plateau_warning
 from minidlm.holes import SYNTAX, HoleError, encode_canvas, filled_text, has_holes
 from minidlm.sampler import REMASKING, SamplerConfig, generate, infill
-from minidlm.show import DenoisingView
+from minidlm.repetition import clean_response, repetition_report
+from minidlm.show import DenoisingView, marked_text
 from minidlm.sinks import SinkProbe, describe, plot
+
+
+LESSON_PROMPT = "Tom had a red ball."  # the --cota lesson's prompt when none is given
+LESSON_LENGTH = 64                     # its tokens per answer, as in the Repeat Curse study
+LESSON_HELD_OUT = 31                   # held-out prompts decoded beside it for the ARR
 
 
 def build_parser():
@@ -39,8 +47,9 @@ def build_parser():
                    help="fill in between: each prompt, then --gen-length tokens, then TEXT (a space "
                         "apart on either side)")
     p.add_argument("--num-samples", type=number(int, 1, 4096), default=1, help="samples per prompt")
-    p.add_argument("--gen-length", type=positive_int, default=s.gen_length,
-                   help="tokens to generate after the prompt (default %(default)s)")
+    p.add_argument("--gen-length", type=positive_int, default=None,
+                   help=f"tokens to generate after the prompt (default {s.gen_length}; {LESSON_LENGTH} "
+                        f"in the --cota lesson)")
     p.add_argument("--steps", type=positive_int, default=None,
                    help="denoising steps in total (default: one per masked token)")
     p.add_argument("--block-length", type=positive_int, default=None,
@@ -48,8 +57,9 @@ def build_parser():
                         f"{s.block_length} where it divides their number, else all of them in one block)")
     p.add_argument("--temperature", type=number(float, 0, 1000), default=s.temperature, help="0 = greedy (default)")
     p.add_argument("--remasking", default=s.remasking, choices=REMASKING)
-    p.add_argument("--cache", default=s.cache, choices=list(CACHES),
-                   help="reuse work across steps: prefix/dual (Fast-dLLM) or feature (dLLM-Cache)")
+    p.add_argument("--cache", default=None, choices=list(CACHES),
+                   help="reuse work across steps: prefix/dual (Fast-dLLM) or feature (dLLM-Cache) "
+                        "(default: none)")
     p.add_argument("--cache-kp", type=positive_int, default=s.cache_kp, help="feature cache: prompt refresh interval K_p")
     p.add_argument("--cache-kr", type=positive_int, default=s.cache_kr, help="feature cache: response refresh interval K_r")
     p.add_argument("--cache-rho", type=number(float, 0, 1), default=s.cache_rho,
@@ -61,13 +71,21 @@ def build_parser():
                    help="feature cache (ours, not dLLM-Cache): spend the rho budget first on rows "
                         "next to tokens committed since they were last computed")
     c = p.add_argument_group("CoTA (arXiv 2601.20520), the paper's method")
-    c.add_argument("--cota", action="store_true", help="CoTA as in the paper: CTAE + CTEV")
+    c.add_argument("--cota", nargs="?", const="paper", default=None, choices=list(COTA_PRESETS),
+                   help="CoTA = CTAE + CTEV with the paper's constants (tau 5, gamma 0.5, lambda 0.75, "
+                        "w 1), or 'released': those of the authors' code (tau 2, gamma 0.75, lambda "
+                        "0.25, w 0). Without --cache: a side-by-side lesson (no cache, the feature "
+                        "cache, + CoTA, stale-first) with repeats marked; with --cache: that cache + CoTA")
     c.add_argument("--ctae", action="store_true", help="only CTAE: distance gain on response attention")
     c.add_argument("--ctev", action="store_true", help="only CTEV: deep-layer entropy penalty on confidence")
-    c.add_argument("--ctae-tau", type=number(float, 0, 1e6, lo_open=True), default=c0.ctae_tau, help="CTAE width tau in tokens (paper: 5)")
-    c.add_argument("--ctae-gamma", type=number(float, 0, 1, lo_open=True), default=c0.ctae_gamma, help="CTAE floor gamma in (0, 1] (paper: 0.5)")
-    c.add_argument("--ctev-lambda", type=number(float, 0, 1e6), default=c0.ctev_lambda, help="CTEV strength lambda (paper: 0.75)")
-    c.add_argument("--ctev-window", type=number(int, 0, 65536), default=c0.ctev_window, help="CTEV context window w: C(i) = i-w..i+w")
+    c.add_argument("--ctae-tau", type=number(float, 0, 1e6, lo_open=True), default=None,
+                   help=f"CTAE width tau in tokens (default: the --cota preset's; paper {c0.ctae_tau:g})")
+    c.add_argument("--ctae-gamma", type=number(float, 0, 1, lo_open=True), default=None,
+                   help=f"CTAE floor gamma in (0, 1] (default: the preset's; paper {c0.ctae_gamma:g})")
+    c.add_argument("--ctev-lambda", type=number(float, 0, 1e6), default=None,
+                   help=f"CTEV strength lambda (default: the preset's; paper {c0.ctev_lambda:g})")
+    c.add_argument("--ctev-window", type=number(int, 0, 65536), default=None,
+                   help=f"CTEV context window w: C(i) = i-w..i+w (default: the preset's; paper {c0.ctev_window})")
     c.add_argument("--ctev-mode", default=c0.ctev_mode, choices=CTEV_MODES,
                    help="self: the paper; context: the authors' later variant (only committed "
                         "neighbours count; use with --ctev-window 5 --ctev-lambda 0.25)")
@@ -95,6 +113,21 @@ def parse_args(argv=None):
     return build_parser().parse_args(argv)
 
 
+COTA_PRESETS = {  # --cota NAME: the CTAE/CTEV constants
+    "paper": dict(ctae_tau=CoTAConfig.ctae_tau, ctae_gamma=CoTAConfig.ctae_gamma,
+                  ctev_lambda=CoTAConfig.ctev_lambda, ctev_window=CoTAConfig.ctev_window),
+    "released": dict(ctae_tau=2.0, ctae_gamma=0.75, ctev_lambda=0.25, ctev_window=0),
+}
+
+
+def cota_config(args) -> CoTAConfig:
+    """--cota (a preset), --ctae/--ctev (one half), --ctar; explicit constants override the preset."""
+    preset = COTA_PRESETS[args.cota or "paper"]
+    constants = {k: getattr(args, k) if getattr(args, k) is not None else v for k, v in preset.items()}
+    return CoTAConfig(ctae=bool(args.cota) or args.ctae, ctev=bool(args.cota) or args.ctev,
+                      ctev_mode=args.ctev_mode, ctar=args.ctar, ctar_window=args.ctar_window, **constants)
+
+
 def cota_label(c: CoTAConfig) -> str:
     parts = [f"CTAE tau {c.ctae_tau} gamma {c.ctae_gamma}"] if c.ctae else []
     parts += [f"CTEV lambda {c.ctev_lambda} w {c.ctev_window}"
@@ -109,15 +142,10 @@ def sampler_config(args, n_masked: int) -> SamplerConfig:
     block = args.block_length or (SamplerConfig.block_length if n_masked % SamplerConfig.block_length == 0
                                   else n_masked)
     return SamplerConfig(gen_length=n_masked, steps=args.steps or n_masked, block_length=block,
-                         temperature=args.temperature, remasking=args.remasking, cache=args.cache,
-                         cache_kp=args.cache_kp, cache_kr=args.cache_kr, cache_rho=args.cache_rho,
-                         cache_stale_first=args.cache_stale_first,
-                         cache_fresh_values=args.cache_fresh_values,
-                         cota=CoTAConfig(ctae=args.cota or args.ctae, ctae_tau=args.ctae_tau,
-                                         ctae_gamma=args.ctae_gamma, ctev=args.cota or args.ctev,
-                                         ctev_lambda=args.ctev_lambda, ctev_window=args.ctev_window,
-                                         ctev_mode=args.ctev_mode, ctar=args.ctar,
-                                         ctar_window=args.ctar_window))
+                         temperature=args.temperature, remasking=args.remasking,
+                         cache=args.cache or "none", cache_kp=args.cache_kp, cache_kr=args.cache_kr,
+                         cache_rho=args.cache_rho, cache_stale_first=args.cache_stale_first,
+                         cache_fresh_values=args.cache_fresh_values, cota=cota_config(args))
 
 
 def check_combinations(args):
@@ -126,7 +154,7 @@ def check_combinations(args):
         die("--compile covers the none, prefix and dual samplers; the feature cache runs the model "
             "layer by layer and is not compiled")
     if args.ctar and args.cache != "feature":
-        print(f"note: --ctar repairs stale rows of the feature cache; --cache {args.cache} recomputes "
+        print(f"note: --ctar repairs stale rows of the feature cache; --cache {args.cache or 'none'} recomputes "
               f"every row next to a new commit anyway, so CTAR changes nothing here", file=sys.stderr)
     if args.plot and not args.sinks:
         die("--plot draws the sink probe's figures: add --sinks")
@@ -154,8 +182,64 @@ def timed(device, work):
     return out, time.time() - start
 
 
+def cota_lesson(args, model, tokenizer, meta, device):
+    """`python sample.py --cota` without --cache: the Repeat Curse and what CoTA does to it, on one
+    screen. The paper's protocol (one block, one token per step, greedy) decodes the same prompt
+    four ways: no cache (the reference), the feature cache the paper is about, the feature cache +
+    CoTA, and the feature cache with our stale-first refresh. Each text shows its repeated
+    adjacent tokens marked; each stats line gives the ARR over the shown prompt and LESSON_HELD_OUT
+    held-out stories' first sentences (on the embedded corpus), decoded in the same batch."""
+    for flag, used in [("--suffix", args.suffix is not None), ("--sinks", args.sinks), ("--show", args.show),
+                       ("holes", any(map(has_holes, args.prompt or []))), ("--num-samples", args.num_samples > 1)]:
+        if used:
+            die(f"the --cota lesson compares four decodes of one prompt; for {flag} pick the cache "
+                f"yourself, e.g. --cota --cache feature")
+    shown = (args.prompt or [LESSON_PROMPT])[0]
+    texts = [shown]
+    if not (meta.get("args") or {}).get("data"):  # trained on the embedded corpus: add its held-out prompts
+        texts += held_out_prompts(load_documents(None, seed=0)[1], LESSON_HELD_OUT)
+    prompts = [tokenizer.prompt(t) for t in texts]
+    n = args.gen_length
+    base = dict(gen_length=n, steps=n, block_length=n, temperature=args.temperature)
+    feature = dict(base, cache="feature", cache_kp=args.cache_kp, cache_kr=args.cache_kr, cache_rho=args.cache_rho)
+    cota = cota_config(args)
+    decodes = [("no cache: the reference", SamplerConfig(**base)),
+               (f"feature cache (dLLM-Cache, K_r {args.cache_kr}, rho {args.cache_rho:g}): the setting of the paper",
+                SamplerConfig(**feature)),
+               (f"feature cache + CoTA, the {args.cota} constants ({cota_label(cota)})", SamplerConfig(**feature, cota=cota)),
+               ("feature cache, stale-first refresh (ours): what repairs it here",
+                SamplerConfig(**feature, cache_stale_first=True))]
+    try:
+        for _, cfg in decodes:
+            cfg.validate(max(map(len, prompts)), model.cfg.max_seq_len, model.cfg.n_layer)
+    except ValueError as e:
+        die(str(e))
+    colour = sys.stdout.isatty()
+    print(f"The Repeat Curse: a feature cache reuses each position's features for up to K_r steps, so a "
+          f"token committed next to a position whose cached features still describe a [MASK] tends to be "
+          f"written twice (marked {'in reverse video' if colour else '[[like this]]'}). CoTA is the paper's "
+          f"fix. One block, one token per step, greedy; {n} tokens after the prompt {shown!r}.\n", flush=True)
+    counts = []
+    for label, cfg in decodes:
+        out, seconds = timed(device, lambda: generate(model, prompts, tokenizer.mask_id, tokenizer.eot_id, cfg,
+                                                      seed=args.seed))
+        text, repeats = marked_text(tokenizer, out[0].tolist(), colour)
+        cleaned = [clean_response(row, tokenizer.eot_id, tokenizer.is_whitespace_token) for row in out.tolist()]
+        arr = repetition_report(cleaned).ARR
+        counts.append(repeats)
+        print(f"{label}\n  {shown}{text}\n  -> {repeats} repeated pair(s) here; ARR {arr:.1%} over "
+              f"{len(prompts)} prompt(s); {len(prompts) * n / seconds:,.0f} tokens/s\n", flush=True)
+    print(f"Repeated pairs in this text: {counts[0]} without a cache, {counts[1]} with the feature cache, "
+          f"{counts[2]} with CoTA, {counts[3]} with stale-first. One prompt is noisy: the study (200 "
+          f"held-out prompts, and 3 model seeds) finds that the paper's CoTA makes the curse worse on this "
+          f"8-layer model and stale-first repairs it. Why, and the whole table: docs/repeat-curse.md "
+          f"(python -m studies.repeat_study).")
+
+
 def main():
     args = parse_args()
+    lesson = args.cota is not None and args.cache is None
+    args.gen_length = args.gen_length or (LESSON_LENGTH if lesson else SamplerConfig.gen_length)
     preflight(folders=[args.plot])
     try:
         device = pick_device(args.device)
@@ -165,6 +249,8 @@ def main():
     warning = plateau_warning(meta)
     if warning:
         print(warning, file=sys.stderr)
+    if lesson:
+        return cota_lesson(args, model, tokenizer, meta, device)
     texts = [t for t in (args.prompt or [""]) for _ in range(args.num_samples)]
     if args.suffix is not None or any(map(has_holes, texts)):
         return infill_main(args, model, tokenizer, texts, device)

@@ -47,3 +47,23 @@ class DenoisingView:
     def close(self):
         self.stream.write("\n")
         self.stream.flush()
+
+
+def marked_text(tokenizer, ids, colour: bool) -> tuple:
+    """Decode a response (cut at end-of-text) with every token that repeats its neighbour marked:
+    reversed video on a terminal, else [[brackets]]. Whitespace-only tokens neither count nor
+    break a pair, as in the repetition metrics (repetition.py). Returns (text, repeated pairs)."""
+    out, previous, repeats = [], None, 0
+    for t in tokenizer.until_eot(ids):
+        piece = tokenizer.decode([t]).replace("\n", " ")
+        if tokenizer.is_whitespace_token(t):
+            out.append(piece)
+            continue
+        if t == previous:
+            repeats += 1
+            word = piece.lstrip(" ")
+            space = piece[:len(piece) - len(word)]
+            piece = space + (f"\033[7m{word}{RESET}" if colour else f"[[{word}]]")
+        out.append(piece)
+        previous = t
+    return "".join(out), repeats
