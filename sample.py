@@ -198,8 +198,11 @@ def cota_lesson(args, model, tokenizer, meta, device):
     texts = [shown]
     if not (meta.get("args") or {}).get("data"):  # trained on the embedded corpus: add its held-out prompts
         texts += held_out_prompts(load_documents(None, seed=0)[1], LESSON_HELD_OUT)
-    prompts = [tokenizer.prompt(t) for t in texts]
     n = args.gen_length
+    room = model.cfg.max_seq_len - n
+    if room < 1:
+        die(f"--gen-length {n} leaves no room for a prompt in the model's context of {model.cfg.max_seq_len} tokens")
+    prompts = [tokenizer.prompt(t)[-room:] for t in texts]  # the held-out ones cut to fit, from the left
     base = dict(gen_length=n, steps=n, block_length=n, temperature=args.temperature)
     feature = dict(base, cache="feature", cache_kp=args.cache_kp, cache_kr=args.cache_kr, cache_rho=args.cache_rho)
     cota = cota_config(args)
