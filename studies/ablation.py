@@ -45,7 +45,7 @@ ROWS = {
     "arch": ("first round + QK-norm, ReLU^2, zero-init projections, unigram output bias",
              FIRST_ROUND + ["--qk-norm", "--relu2", "--zero-init", "--unigram-bias"]),
     "default": ("the default recipe (all of the above, its schedule and batch)", []),
-    # levers on top of the default (issue 10's second round)
+    # levers on top of the default (the second round)
     "fp32": ("the default in float32 (--no-bf16: no bf16 autocast where the CPU has native bf16)", ["--no-bf16"]),
     "plain-ce": ("the default trained on plain masked CE (no 1/p weight)", ["--plain-ce"]),
     "batch-4": ("the default at batch 4 x 256 (twice the steps for the same tokens)", ["--batch-size", "4"]),
