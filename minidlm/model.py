@@ -7,7 +7,8 @@ speedrun levers (QK-norm, ReLU^2, zero-init projections, a unigram output bias; 
 the defaults here are the first round's, so its checkpoints load unchanged.
 
 `sink=True` adds ONE extra [SINK] token ("One Token Is Enough", arXiv 2601.19657): prepended at
-RoPE position 0 with its own learned embedding, its row attends only to itself, every row may
+RoPE position 0 with its own learned embedding (`sink_embed`; not a vocabulary id: the
+tokenizer's `<|sink|>` id is reserved and unused), its row attends only to itself, every row may
 attend to it, and its output is sliced off before the final norm. It is never masked and never
 predicted, so neither the objective nor the sampler knows it exists. Variants of it (scored
 without rotation, a value fixed at zero) live beside this file (sink_variants.py).

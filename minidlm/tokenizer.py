@@ -14,8 +14,10 @@ Special tokens come after the learned ranks, in this order:
   EOT  "<|endoftext|>"  separates documents in the packed training stream.
   MASK "<|mask|>"       the absorbing state of the diffusion forward process: noising replaces
                         tokens by [MASK], and the model learns to predict what was there.
-  SINK "<|sink|>"       the extra attention-sink token of arXiv 2601.19657, a position every
-                        query can attend to that carries no content.
+  SINK "<|sink|>"       reserved and unused: no code reads `sink_id`. The model's [SINK] (arXiv
+                        2601.19657) is not a vocabulary token but a learned embedding
+                        (`DiffusionLM.sink_embed`, model.py) that the model itself prepends. The
+                        id stays so that the ids of saved checkpoints' tokenizers do not change.
 `encode` never produces them, even for text containing these literal strings.
 
     tok = Tokenizer.train(texts, vocab_size=1024)
@@ -37,7 +39,7 @@ MASK = "<|mask|>"
 SINK = "<|sink|>"
 SPECIAL_TOKENS = (EOT, MASK, SINK)
 MIN_VOCAB = 256 + len(SPECIAL_TOKENS) + 1  # every byte, the specials and at least one merge
-SPECIAL_DISPLAY = {EOT: "[EOT]", MASK: "[MASK]", SINK: "[SINK]"}
+SPECIAL_DISPLAY = {EOT: "[EOT]", MASK: "[MASK]", SINK: "[SINK]"}  # SINK: reserved, never produced
 STATE_FORMAT, STATE_VERSION = "minidlm-bpe", 1
 # Made visible by token_str; other non-printable characters are shown as Python escapes.
 VISIBLE_WHITESPACE = {" ": "␣", "\n": "\\n", "\t": "\\t", "\r": "\\r"}
@@ -121,7 +123,7 @@ def _is_punctuation_text(text: str) -> bool:
 
 
 class Tokenizer:
-    """Learned BPE ranks + the three special tokens, wrapped in a `tiktoken.Encoding`."""
+    """Learned BPE ranks + the three special tokens (the third reserved), wrapped in a `tiktoken.Encoding`."""
 
     def __init__(self, mergeable_ranks: dict[bytes, int], pat_str: str = GPT2_PATTERN):
         _check_ranks(mergeable_ranks)
@@ -130,7 +132,7 @@ class Tokenizer:
         self.mergeable_ranks = mergeable_ranks
         self.special_ids = {s: n_ranks + k for k, s in enumerate(SPECIAL_TOKENS)}
         self._special_by_id = {i: s for s, i in self.special_ids.items()}
-        self.eot_id, self.mask_id, self.sink_id = (self.special_ids[s] for s in SPECIAL_TOKENS)
+        self.eot_id, self.mask_id, self.sink_id = (self.special_ids[s] for s in SPECIAL_TOKENS)  # sink_id: reserved, unused
         self.encoding = tiktoken.Encoding(
             name=f"minidlm-bpe-{n_ranks}",
             pat_str=pat_str,
