@@ -48,7 +48,7 @@ class CoTAConfig:
     ctar: bool = False            # authors' later staleness repair (feature cache, deep band)
     ctar_window: int = 5
 
-    def validate(self, n_layer: int):
+    def validate(self):
         if not (0 < self.ctae_gamma <= 1) or not self.ctae_tau > 0:
             raise ValueError("CTAE needs 0 < gamma <= 1 and tau > 0")
         if self.ctev_lambda < 0 or self.ctev_window < 0 or not 0 < self.ctev_deep_fraction <= 1:

@@ -92,7 +92,7 @@ class SamplerConfig:
             raise ValueError(f"cache must be one of {', '.join(CACHES)}, got {self.cache!r}")
         if self.cache_kp < 1 or self.cache_kr < 1 or not 0 <= self.cache_rho <= 1:
             raise ValueError("cache K_p and K_r must be >= 1 and rho within [0, 1]")
-        self.cota.validate(n_layer)
+        self.cota.validate()
         if max_prompt_len + self.gen_length > max_seq_len:
             raise ValueError(f"prompt ({max_prompt_len} tokens) + gen length ({self.gen_length}) "
                              f"exceeds the model's context of {max_seq_len} tokens")
