@@ -29,6 +29,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .sink_variants import sink_variant
+
 
 @dataclass
 class ModelConfig:
@@ -106,7 +108,7 @@ class Attention(nn.Module):
         if kv_update is not None:
             k, v = kv_update(k, v)
         if self.sink_variant is not None:
-            v, mask = self.sink_variant(q, k, v, rope, mask)
+            v, mask = self.sink_variant(q, k, v, lambda x: apply_rope(x, *rope), mask)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         if trace is not None and trace.attention:  # weights beside the fast path; y is unchanged
             logits = q @ k.transpose(-1, -2) / math.sqrt(self.head_dim)
@@ -167,7 +169,6 @@ class DiffusionLM(nn.Module):
         if cfg.sink:
             nn.init.normal_(self.sink_embed, std=0.02)
         if cfg.sink and (not cfg.sink_rotation or cfg.sink_value != "learned"):
-            from .sink_variants import sink_variant
             for block in self.blocks:
                 block.attn.sink_variant = sink_variant(cfg)
 

@@ -1,7 +1,8 @@
 """Variants of the [SINK] token (model.py), beside the paper's, for the sink studies. Each acts
 on the attention of every layer, after the cache has supplied the keys and values (so every
-sampler and cache sees the same variant), through `Attention.sink_variant(q, k, v, rope, mask)
--> (v, mask)`; key/value column 0 is the sink.
+sampler and cache sees the same variant), through `Attention.sink_variant(q, k, v, rotate, mask)
+-> (v, mask)`; key/value column 0 is the sink, and rotate(x) applies the query rows' RoPE to x
+(the model passes it in, so this file needs nothing from model.py).
 
 Zero-value sink (`ModelConfig(sink_value="zero")`, `train_tiny.py --sink-value zero`): the paper's
 own ablation and Gu et al.'s learnable key with a value fixed at zero. The sink's value vector is
@@ -28,8 +29,6 @@ from contextlib import contextmanager
 import torch
 import torch.nn.functional as F
 
-from .model import apply_rope
-
 
 SINK_VALUES = ("learned", "zero")
 
@@ -40,8 +39,8 @@ def sink_variant(cfg):
         raise ValueError(f"sink_value must be one of {', '.join(SINK_VALUES)}, got {cfg.sink_value!r}")
     unrotated, zero = not cfg.sink_rotation, cfg.sink_value == "zero"
 
-    def apply(q, k, v, rope, mask):
-        return (zero_sink_value(v) if zero else v), (unrotated_sink_score(q, k, rope, mask) if unrotated else mask)
+    def apply(q, k, v, rotate, mask):
+        return (zero_sink_value(v) if zero else v), (unrotated_sink_score(q, k, rotate, mask) if unrotated else mask)
     return apply
 
 
@@ -52,11 +51,12 @@ def zero_sink_value(v):
     return v * keep
 
 
-def unrotated_sink_score(q, k, rope, mask):
-    """The attention mask with key column 0 ([SINK]) turned into the unrotated score."""
+def unrotated_sink_score(q, k, rotate, mask):
+    """The attention mask with key column 0 ([SINK]) turned into the unrotated score; rotate(x):
+    x rotated by RoPE at the query rows' positions."""
     B, H, T, D = q.shape
     k0 = k[:, :, :1].expand(B, H, T, D)
-    change = ((q * apply_rope(k0, *rope)).sum(-1) - (q * k0).sum(-1)) / math.sqrt(D)
+    change = ((q * rotate(k0)).sum(-1) - (q * k0).sum(-1)) / math.sqrt(D)
     column = F.pad(change[..., None], (0, k.shape[2] - 1))        # (B, H, T, S + Tk)
     return column if mask is None else mask + column
 
@@ -71,9 +71,9 @@ def sink_masked(model):
     saved = [block.attn.sink_variant for block in model.blocks]
 
     def masked(inner):
-        def apply(q, k, v, rope, mask):
+        def apply(q, k, v, rotate, mask):
             if inner is not None:
-                v, mask = inner(q, k, v, rope, mask)
+                v, mask = inner(q, k, v, rotate, mask)
             mask = mask.clone()
             mask[..., 1:, 0] = float("-inf")
             return v, mask
