@@ -29,6 +29,7 @@ import itertools
 import os
 import random
 import re
+from collections.abc import Iterable
 
 
 class CorpusError(ValueError):
@@ -352,13 +353,16 @@ def split_sentences(text: str) -> list[str]:
     return [s.strip() for s in re.split(r"(?<=[.!?])(?:\s+|$)", text) if s.strip()]
 
 
-def grammatical_rate(text: str) -> float:
-    """The fraction of complete sentences in `text` that the grammar can produce.
+def complete_sentences(text: str) -> list[str]:
+    """The sentences of `text` that end in . ! or ?; a trailing fragment without final punctuation
+    (a sample cut off mid-sentence) is not one."""
+    return [s for s in split_sentences(text) if s[-1] in ".!?"]
 
-    A sentence is complete when it ends in . ! or ?; a trailing fragment without final
-    punctuation (a sample cut off mid-sentence) is ignored. 0.0 when no sentence is complete.
-    """
-    complete = [s for s in split_sentences(text) if s[-1] in ".!?"]
+
+def grammatical_rate(texts: str | Iterable[str]) -> float:
+    """The fraction of complete sentences that the grammar can produce, in one text or pooled over
+    several (a text with more sentences weighs more). 0.0 when no sentence is complete."""
+    complete = [s for text in ([texts] if isinstance(texts, str) else texts) for s in complete_sentences(text)]
     if not complete:
         return 0.0
     return sum(map(is_grammatical, complete)) / len(complete)

@@ -3,14 +3,15 @@
 The corpus grammar comes with an exact recognizer (corpus.is_grammatical), so a sample can be
 scored without a judge model: prompt with the first sentence of a held-out story, generate, and
 count which COMPLETE generated sentences the grammar can produce. The rate pools sentences over
-all samples (a sample with more sentences weighs more); a trailing fragment is not counted.
+all samples (a sample with more sentences weighs more); a trailing fragment is not counted
+(corpus.grammatical_rate, the one definition of the rate).
 Beside it, what a validation NELBO means: in bits, and against the unigram entropy.
 """
 import math
 
 import torch
 
-from .corpus import is_grammatical, split_sentences
+from .corpus import complete_sentences, grammatical_rate, split_sentences
 from .sampler import SamplerConfig, generate
 
 
@@ -32,15 +33,24 @@ def sample_grammatical_rate(model, tokenizer, prompts, cfg: SamplerConfig, seed=
         batch = [tokenizer.prompt(p) for p in prompts[start:start + batch_size]]
         out = generate(model, batch, tokenizer.mask_id, tokenizer.eot_id, cfg, seed=seed + start)
         texts.extend(continuation_text(tokenizer, row) for row in out)
-    rate, n = pooled_grammatical_rate(texts)
-    return rate, n, texts
+    n = sum(len(complete_sentences(text)) for text in texts)
+    return grammatical_rate(texts), n, texts
 
 
-def pooled_grammatical_rate(texts):
-    """(share of the complete sentences of all texts that the grammar accepts, their number)."""
-    complete = [s for text in texts for s in split_sentences(text) if s[-1] in ".!?"]
-    good = sum(is_grammatical(s) for s in complete)
-    return (good / len(complete) if complete else 0.0), len(complete)
+def describe_nelbo(nats: float, se: float) -> str:
+    """One line: bits per token and the perplexity bound, each with its standard error."""
+    bits, bits_se = nats / math.log(2), se / math.log(2)
+    ppl = math.exp(nats) if nats < 700 else float("inf")  # a diverged model must not crash the log
+    return (f"val NELBO {bits:.3f} +- {bits_se:.3f} bits/token "
+            f"(perplexity <= {ppl:.2f} +- {ppl * se:.2f})")
+
+
+def unigram_entropy_bits(windows, vocab_size: int) -> float:
+    """Entropy (bits/token) of the token frequencies of `windows` themselves: what a model that
+    knows only word frequencies would score. A NELBO near it means nothing was learned from context."""
+    counts = torch.bincount(windows.flatten().cpu(), minlength=vocab_size).double()
+    p = counts[counts > 0] / counts.sum()
+    return float(-(p * p.log2()).sum())
 
 
 PLATEAU_MARGIN_BITS = 0.5  # a model within this of the unigram entropy has not learned from context
@@ -85,21 +95,6 @@ def main():
     run_main(run)
 
 
+
 if __name__ == "__main__":
     main()
-
-
-def describe_nelbo(nats: float, se: float) -> str:
-    """One line: bits per token and the perplexity bound, each with its standard error."""
-    bits, bits_se = nats / math.log(2), se / math.log(2)
-    ppl = math.exp(nats) if nats < 700 else float("inf")  # a diverged model must not crash the log
-    return (f"val NELBO {bits:.3f} +- {bits_se:.3f} bits/token "
-            f"(perplexity <= {ppl:.2f} +- {ppl * se:.2f})")
-
-
-def unigram_entropy_bits(windows, vocab_size: int) -> float:
-    """Entropy (bits/token) of the token frequencies of `windows` themselves: what a model that
-    knows only word frequencies would score. A NELBO near it means nothing was learned from context."""
-    counts = torch.bincount(windows.flatten().cpu(), minlength=vocab_size).double()
-    p = counts[counts > 0] / counts.sum()
-    return float(-(p * p.log2()).sum())

@@ -29,10 +29,10 @@ import time
 from minidlm.checkpoint import CheckpointError, load_model
 from minidlm.cli import (SEED, ArgumentParser, die, mean_sd, number, pick_device, positive_int, preflight, pyplot,
                          require_plot_extra, run_main, save_figure, write_json)
-from minidlm.corpus import CorpusError
+from minidlm.corpus import CorpusError, grammatical_rate
 from minidlm.cota import CoTAConfig
 from minidlm.data import load_documents
-from minidlm.evaluate import continuation_text, held_out_prompts, pooled_grammatical_rate
+from minidlm.evaluate import continuation_text, held_out_prompts
 from minidlm.infoflow import FlowRecorder
 from minidlm.repetition import adjacent_commit_share, clean_response, repetition_report
 from minidlm.sampler import SamplerConfig, generate
@@ -128,7 +128,7 @@ def score(tok, outputs, orders, grammar: bool):
     metrics = {**repetition_report(cleaned).as_dict(), "adj_commit": adjacent_commit_share(orders)}
     if grammar:
         texts = [continuation_text(tok, row) for row in outputs]
-        metrics["grammatical"] = pooled_grammatical_rate(texts)[0]
+        metrics["grammatical"] = grammatical_rate(texts)
     return metrics
 
 
