@@ -2,6 +2,7 @@
 
     python sample.py                                   # a story from checkpoints/tiny.pt
     python sample.py --prompt "Tom had a red ball." --show     # watch the masks fill in
+    python sample.py --show --save docs/reverse_process.gif    # the same as an animated GIF, for slides
     python sample.py --prompt "Mia was sad." --prompt "A cat sat." --temperature 0.8 --seed 3
     python sample.py --cota                            # the Repeat Curse and CoTA, side by side
     python sample.py --cache feature --cota released   # dLLM-Cache + CoTA with the authors' code's constants
@@ -26,6 +27,7 @@ from minidlm.evaluate import continuation_text, held_out_prompts, plateau_warnin
 from minidlm.holes import SYNTAX, HoleError, encode_canvas, filled_text, has_holes
 from minidlm.sampler import REMASKING, SamplerConfig, generate, infill
 from minidlm.repetition import clean_response, repetition_report
+from minidlm.animation import FrameRecorder, save_gif
 from minidlm.show import DenoisingView, marked_text
 from minidlm.sinks import SinkProbe, describe, plot
 
@@ -105,6 +107,9 @@ def build_parser():
     p.add_argument("--plot", metavar="DIR", default=None,
                    help="with --sinks: write the sink trajectory and attention maps (plot extra)")
     p.add_argument("--show", action="store_true", help="animate the denoising on stderr")
+    p.add_argument("--save", metavar="FILE.gif", default=None,
+                   help="write the denoising of the first sample as an animated GIF, one frame per step "
+                        "(for slides; needs Pillow, which the plot extra brings)")
     p.add_argument("--show-delay", type=number(float, 0, 60), default=0.04, help="seconds per frame with --show")
     return p
 
@@ -160,6 +165,13 @@ def check_combinations(args):
         die("--plot draws the sink probe's figures: add --sinks")
     if args.plot:
         require_plot_extra()
+    if args.save:
+        if not args.save.lower().endswith(".gif"):
+            die(f"--save writes an animated GIF: give a file name ending in .gif, not {args.save!r}")
+        try:
+            import PIL  # noqa: F401
+        except ImportError:
+            die("--save needs Pillow: pip install -e '.[plot]'")
 
 
 def runner(model, args):
@@ -180,6 +192,18 @@ def timed(device, work):
     if device.type == "cuda":
         torch.cuda.synchronize()
     return out, time.time() - start
+
+
+def observing(*hooks):
+    """One on_step hook that calls each of `hooks` that is not None; None when there is none."""
+    hooks = [h for h in hooks if h is not None]
+    if not hooks:
+        return None
+
+    def on_step(step, x, cache):
+        for hook in hooks:
+            hook(step, x, cache)
+    return on_step
 
 
 def cota_lesson(args, model, tokenizer, meta, device):
@@ -243,7 +267,7 @@ def main():
     args = parse_args()
     lesson = args.cota is not None and args.cache is None
     args.gen_length = args.gen_length or (LESSON_LENGTH if lesson else SamplerConfig.gen_length)
-    preflight(folders=[args.plot])
+    preflight(outputs=[args.save], folders=[args.plot])
     try:
         device = pick_device(args.device)
         model, tokenizer, meta = load_model(args.checkpoint, device)
@@ -268,18 +292,15 @@ def main():
     view = DenoisingView(tokenizer, P, args.show_delay) if args.show else None
     probe = SinkProbe(model, tokenizer, list(map(len, prompts)),
                       snapshot_steps=(1, cfg.steps // 2, cfg.steps)) if args.sinks else None
-    observers = [o for o in (view.draw if view else None, probe) if o is not None]
-
-    def on_step(step, x, cache):
-        for observer in observers:
-            observer(step, x, cache)
-
+    recorder = FrameRecorder(P) if args.save else None
     stats = {}
     out, seconds = timed(device, lambda: generate(
         runner(model, args), prompts, tokenizer.mask_id, tokenizer.eot_id, cfg, seed=args.seed,
-        on_step=on_step if observers else None, stats=stats, observe=args.sinks))
+        on_step=observing(view.draw if view else None, probe, recorder), stats=stats, observe=args.sinks))
     if view:
         view.close()
+    if recorder:
+        print(f"wrote {save_gif(args.save, recorder.frames, tokenizer, prompt=texts[0])}", file=sys.stderr)
     for text, row in zip(texts, out):
         print(text + continuation_text(tokenizer, row))
         if len(texts) > 1:
@@ -322,12 +343,15 @@ def infill_main(args, model, tokenizer, texts, device):
         batch = [canvases[i] for i in members]
         start = max(map(len, batch)) - len(batch[0]) + 1  # the first text's first column, after padding
         view = DenoisingView(tokenizer, start, args.show_delay) if args.show else None
+        recorder = FrameRecorder(start) if args.save and members[0] == 0 else None  # the first text's
         stats = {}
         out, seconds = timed(device, lambda: infill(
             runner(model, args), batch, tokenizer.mask_id, tokenizer.eot_id, configs[n], seed=args.seed,
-            on_step=view.draw if view else None, stats=stats))
+            on_step=observing(view.draw if view else None, recorder), stats=stats))
         if view:
             view.close()
+        if recorder:
+            print(f"wrote {save_gif(args.save, recorder.frames, tokenizer)}", file=sys.stderr)
         for i, row in zip(members, out):  # a hole at the very start fills in a word with its space
             results[i] = filled_text(tokenizer, canvases[i], row)[0].lstrip(" ")
         report(args, configs[n], len(members), stats, seconds, device)

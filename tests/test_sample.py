@@ -74,5 +74,33 @@ def test_cota_without_a_cache_is_the_four_decode_lesson(tmp_path):
     for label in ("no cache", "feature cache (", "feature cache + CoTA, the paper constants", "stale-first"):
         assert label in r.stdout
     assert r.stdout.count("repeated pair(s) here; ARR") == 4 and "docs/repeat-curse.md" in r.stdout
+    r = run("--gen-length", "8", "--block-length", "4", "--save", str(tmp_path / "r.gif"))
+    assert r.returncode == 0 and "wrote" in r.stderr, r.stderr
+    from PIL import Image
+    with Image.open(tmp_path / "r.gif") as im:
+        assert im.n_frames == 8  # --steps defaults to one per token: one frame per step
     bad = run("--cota", "--show", "--gen-length", "8")
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "--cache feature" in bad.stderr
+
+
+def test_the_animation_has_one_frame_per_step_and_holds_the_last(tmp_path):
+    pytest = __import__("pytest")
+    Image = pytest.importorskip("PIL.Image")
+    from minidlm.animation import save_gif
+    m = TOK.mask_id
+    word = TOK.encode(" cat")[0]
+    frames = [[word if i < step else m for i in range(6)] for step in range(1, 7)]  # one commit per step
+    path = save_gif(str(tmp_path / "a.gif"), frames, TOK, prompt="The", frame_ms=50, hold_ms=900)
+    with Image.open(path) as im:
+        assert im.format == "GIF" and im.n_frames == len(frames) and im.info.get("loop") == 0
+        durations = []
+        for i in range(im.n_frames):
+            im.seek(i)
+            durations.append(im.info["duration"])
+        assert durations[-1] == 900 and set(durations[:-1]) == {50}
+
+
+def test_save_refuses_what_is_not_a_gif_before_any_work():
+    r = subprocess.run([sys.executable, "sample.py", "--save", "out.mp4"], cwd=ROOT, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and ".gif" in r.stderr
