@@ -10,11 +10,11 @@ Files are written to a temporary name in the same folder, flushed to disk, then 
 target: an interrupted write never leaves a truncated checkpoint where a good one was.
 """
 import os
-import tempfile
 from dataclasses import asdict
 
 import torch
 
+from .cli import atomic_write
 from .model import DiffusionLM, ModelConfig
 from .tokenizer import Tokenizer
 
@@ -28,22 +28,8 @@ class CheckpointError(Exception):
 
 
 def atomic_save(obj, path: str):
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".pt")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    """torch.save(obj) to `path`, atomically (cli.atomic_write)."""
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def state_path(path: str) -> str:

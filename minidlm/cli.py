@@ -1,4 +1,5 @@
-"""Small pieces shared by the command-line scripts: one-line errors with exit code 2, devices."""
+"""Small pieces shared by the command-line scripts: one-line errors with exit code 2, devices,
+atomic writes (`atomic_write`)."""
 import argparse
 import json
 import math
@@ -69,22 +70,34 @@ positive_int = number(int, lo=1, hi=10**9)
 SEED = number(int, lo=0, hi=2**63 - 1)  # what torch.Generator.manual_seed takes
 
 
-def write_text(path: str, write):
-    """Call write(f) on a text file for `path`, creating the folder if needed; atomically (a
-    temporary file renamed over the target), so an interrupted run never leaves half a file."""
+def atomic_write(path: str, write_fn):
+    """Call write_fn(tmp) to write a temporary file `tmp` in the folder of `path` (created if
+    needed; same extension), flush it to disk, then rename it over `path`: an interrupted write
+    never leaves a truncated file where a good one was, and a failed one leaves no debris."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.splitext(path)[1])
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            write(f)
+        write_fn(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
         os.replace(tmp, path)
     except BaseException:
-        os.remove(tmp)
+        if os.path.exists(tmp):
+            os.remove(tmp)
         raise
+
+
+def write_text(path: str, write):
+    """Call write(f) on a UTF-8 text file for `path`, atomically (`atomic_write`)."""
+    def write_file(tmp):
+        with open(tmp, "w", encoding="utf-8") as f:
+            write(f)
+    atomic_write(path, write_file)
 
 
 def mean_sd(values, digits: int) -> str:
@@ -198,14 +211,5 @@ def pyplot():
 
 
 def save_figure(fig, path: str, dpi: int = 120):
-    """fig.savefig, atomically: an interrupted run never leaves half a PNG."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.splitext(path)[1])
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=dpi)
-        os.replace(tmp, path)
-    except BaseException:
-        os.remove(tmp)
-        raise
+    """fig.savefig, atomically (`atomic_write`): an interrupted run never leaves half a PNG."""
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi))
