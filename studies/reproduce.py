@@ -39,6 +39,8 @@ SEED_ARMS = {"baseline": ("base", CURVE), "sink": ("sink", CURVE + ["--sink"]), 
 SEEDS = (0, 1, 2)
 REPEAT_SEEDS = "studies/results/repeat_seeds.json"
 INFILL_SEEDS = "studies/results/infill_seeds.json"
+SWEEP = "studies/results/repeat_sweep.json"
+SWEEP_SEEDS = "studies/results/repeat_sweep_seeds.json"
 # (what, saved rows, how to rerun them)
 ABLATIONS = [("embedded corpus", ["studies/results/ablation.json"], "`python -m studies.ablation --rows first-round,muon,mid-t,arch,default`"),
              ("Python's documentation as prose", ["studies/results/ablation-pydoc.json"],
@@ -52,7 +54,7 @@ ABLATIONS = [("embedded corpus", ["studies/results/ablation.json"], "`python -m 
 
 def stages(quick: bool, figures: bool):
     """(title, command, what it shows) for each stage of the report."""
-    out = "studies/results/quick" if quick else "results"
+    out = "studies/results/quick" if quick else "studies/results"
     docs = "studies/results/quick" if quick else "docs"
     plot = lambda folder: ["--plot", folder] if figures else []
     if quick:
@@ -96,6 +98,17 @@ def stages(quick: bool, figures: bool):
             "(`python train_tiny.py --seed S`), the same 100 prompts (prompt seed 0) for each: mean +- sd over "
             "the models.")]
           if os.path.exists(REPEAT_SEEDS) and not quick else []),
+        *([("CoTA's constants: the paper's against the authors' released code (saved rows; rerun: "
+            f"`python -m studies.repeat_study --sweep --json {SWEEP}`)",
+            ["-m", "studies.repeat_study", "--from-json", SWEEP],
+            "The shipped model, the study's protocol and prompts (2 x 100): the paper's CoTA, the exact "
+            "combination of the released code, and each half alone.")]
+          if os.path.exists(SWEEP) and not quick else []),
+        *([("CoTA's constants over 3 model seeds (saved rows; remeasure with --seeds)",
+            ["-m", "studies.repeat_study", "--from-json", SWEEP_SEEDS],
+            "The same sweep on the three baseline seed runs, 100 prompts (prompt seed 0): mean +- sd over "
+            "the models.")]
+          if os.path.exists(SWEEP_SEEDS) and not quick else []),
         ("Infilling against continuation", ["-m", "studies.infill_study", "--stories", "100" if quick else "200",
                                              "--json", f"{out}/infill_study.json"],
          "The main character's name (or the object) blanked out where it is introduced: filled with the "
@@ -166,13 +179,16 @@ def seed_runs(log):
             run_stage(i, len(jobs), f"train {arm}, seed {s}",
                       ["train_tiny.py", "--seed", str(s), "--out", path, "--force"] + flags, log)
     arms = [f"--arm={arm}={','.join(p)}" for arm, p in paths.items()]
-    run_stage(1, 3, "measure the seed runs", ["-m", "studies.sink_compare", *arms, "--json", "studies/results/sink_seeds.json"], log)
-    run_stage(2, 3, "the Repeat Curse over the baseline seeds",
+    run_stage(1, 4, "measure the seed runs", ["-m", "studies.sink_compare", *arms, "--json", "studies/results/sink_seeds.json"], log)
+    run_stage(2, 4, "the Repeat Curse over the baseline seeds",
               ["-m", "studies.repeat_study", "--checkpoint", *paths["baseline"], "--rows", "headline", "--seeds", "0",
                "--flow-prompts", "0",
                "--json", REPEAT_SEEDS], log)
-    run_stage(3, 3, "infilling over the baseline seeds",
+    run_stage(3, 4, "infilling over the baseline seeds",
               ["-m", "studies.infill_study", "--checkpoint", *paths["baseline"], "--json", INFILL_SEEDS], log)
+    run_stage(4, 4, "CoTA's constants over the baseline seeds",
+              ["-m", "studies.repeat_study", "--sweep", "--checkpoint", *paths["baseline"], "--seeds", "0",
+               "--flow-prompts", "0", "--json", SWEEP_SEEDS], log)
 
 
 def shipped_models_table(windows_n=32, n_mc=16):
@@ -198,7 +214,7 @@ def shipped_models_table(windows_n=32, n_mc=16):
 
 def write_report(path, log, started):
     lines = ["# minidlm reproduction report", "",
-             f"Written by `python {' '.join([os.path.basename(sys.argv[0])] + sys.argv[1:])}` in "
+             f"Written by `python {' '.join(['-m studies.reproduce'] + sys.argv[1:])}` in "
              f"{(time.time() - started) / 60:.1f} min on {platform.machine()} "
              f"({os.cpu_count()} cores), Python {platform.python_version()}, torch {torch.__version__}, "
              f"{torch.get_num_threads()} threads. Every table below is the stdout of the command "
@@ -227,7 +243,7 @@ def build_parser():
 
 def main():
     args = build_parser().parse_args()
-    out = "studies/results/quick" if args.quick else "results"
+    out = "studies/results/quick" if args.quick else "studies/results"
     preflight(outputs=[os.path.join(out, "REPORT.md")], folders=[out if args.quick else "docs"])
     for path in SHIPPED:
         if not os.path.exists(path) and not args.retrain:
