@@ -25,21 +25,17 @@ import torch
 
 from minidlm.checkpoint import CheckpointError, load_model
 from minidlm.cli import (ArgumentParser, die, number, pick_device, positive_int, preflight,
-                         run_main, write_json)
+                         run_main, synchronize, timed, write_json)
 from minidlm.data import load_documents
 from minidlm.sampler import SamplerConfig, generate, llada_generate
 
 
-def timed(fn, device, repeats):
+def best_of(fn, device, repeats):
+    """fn's output and its fastest time (cli.timed) over `repeats` calls."""
     best = float("inf")
     for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        out = fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - start)
+        out, seconds = timed(device, fn)
+        best = min(best, seconds)
     return out, best
 
 
@@ -59,13 +55,12 @@ def matmul_peak_gflops(device, n=1024, seconds=2.0, dtype=torch.float32):
 def timed_loop(fn, device, seconds):
     """Seconds per call of fn, after one warm-up call, over about `seconds` of calls."""
     fn()
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    sync()
+    synchronize(device)
     calls, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds or calls < 3:
         fn()
         calls += 1
-    sync()
+    synchronize(device)
     return (time.perf_counter() - start) / calls
 
 
@@ -158,11 +153,11 @@ def main():
             cfg, stats = SamplerConfig(**base_cfg, **extra), {}
             run = lambda: generate(model, prompts, tok.mask_id, tok.eot_id, cfg, stats=stats)
             run()  # warm-up (allocator, caches of the BLAS)
-            out, seconds = timed(run, device, repeats)
+            out, seconds = best_of(run, device, repeats)
             results[name] = (out, seconds, sum(stats["rows_per_layer"]))
         ref_prompt = torch.tensor(prompts, device=device)
         ref = lambda: llada_generate(model, ref_prompt, tok.mask_id, gen_length, gen_length, 32)
-        out, seconds = timed(ref, device, repeats)
+        out, seconds = best_of(ref, device, repeats)
         results["plain-loop"] = (out, seconds, results["uncached"][2])
         base_out, base_s, base_rows = results["uncached"]
         for name in ["uncached", "plain-loop", *list(rows)[1:]]:

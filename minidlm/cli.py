@@ -1,12 +1,14 @@
 """Small pieces shared by the command-line scripts: one-line errors with exit code 2, devices,
-atomic writes (`atomic_write`)."""
+atomic writes (`atomic_write`), markdown table cells (`cell`) and timing (`timed`)."""
 import argparse
 import json
 import math
 import os
 import signal
+import statistics
 import sys
 import tempfile
+import time
 
 import torch
 
@@ -100,14 +102,38 @@ def write_text(path: str, write):
     atomic_write(path, write_file)
 
 
-def mean_sd(values, digits: int) -> str:
-    """"mean +- sd" (sample sd) of several values, or the one value, with `digits` decimals."""
-    xs = list(values)
-    mean = sum(xs) / len(xs)
-    if len(xs) == 1:
-        return f"{mean:.{digits}f}"
-    sd = (sum((x - mean) ** 2 for x in xs) / (len(xs) - 1)) ** 0.5
-    return f"{mean:.{digits}f} +- {sd:.{digits}f}"
+def cell(values, spec: str, scale: float = 1, sd=None) -> str:
+    """One markdown table cell, each number `scale` x and written format(number, spec): "-" when
+    nothing was measured (no values, or only None), the one value, or "mean +- sd", the sample sd
+    of several values, or `sd` given beside one value (a mean whose sd was measured with it)."""
+    values = [scale * v for v in values if v is not None]
+    if not values:
+        return "-"
+    mean = statistics.mean(values)
+    if len(values) > 1:
+        sd = statistics.stdev(values)
+    elif sd is not None:
+        sd = scale * sd
+    return format(mean, spec) if sd is None else f"{format(mean, spec)} +- {format(sd, spec)}"
+
+
+def synchronize(device):
+    """Wait until the device has done the work queued on it (CUDA and MPS run asynchronously)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+def timed(device, work):
+    """(work(), its wall-clock seconds): the device is synchronised before the clock starts and
+    after `work` returns, so queued work from before is not counted and its own is."""
+    synchronize(device)
+    start = time.perf_counter()
+    out = work()
+    synchronize(device)
+    return out, time.perf_counter() - start
 
 
 def write_json(path: str, obj):

@@ -30,7 +30,7 @@ import sys
 
 from minidlm.checkpoint import read
 from minidlm.train import TrainConfig
-from minidlm.cli import ArgumentParser, die, number, preflight, run_main, write_json
+from minidlm.cli import ArgumentParser, cell, die, number, preflight, run_main, write_json
 
 # key: (what it shows, train_tiny.py flags on top of the default recipe)
 # the first round: AdamW 2e-3 with a linear warm-up over the first 1/8 of the run (100 of its 800
@@ -74,24 +74,16 @@ def run(flags, out, log):
             "tok_s": m["tokens_seen"] / (60 * m["train_minutes"]), "command": meta["command"]}
 
 
-def cell(values, fmt):
-    values = [v for v in values if v is not None]
-    if not values:
-        return "-"
-    sd = statistics.stdev(values) if len(values) > 1 else float("nan")
-    return f"{fmt(statistics.mean(values))} +- {fmt(sd)}"
-
-
 def table(results):
     lines = ["| row | equal tokens: NELBO bits | equal time: NELBO bits | unigram bits | grammatical "
              "(equal tokens) | tokens/s | what |", "|---|---|---|---|---|---|---|"]
     for key, r in results["rows"].items():
         same = " (= equal tokens)" if r["time_reused"] else ""
         lines.append(
-            f"| {key} | {cell([x['bits'] for x in r['tokens']], lambda v: f'{v:.3f}')} "
-            f"| {cell([x['bits'] for x in r['time']], lambda v: f'{v:.3f}')}{same} "
+            f"| {key} | {cell([x['bits'] for x in r['tokens']], '.3f')} "
+            f"| {cell([x['bits'] for x in r['time']], '.3f')}{same} "
             f"| {statistics.mean(x['unigram_bits'] for x in r['tokens']):.2f} "
-            f"| {cell([x['grammatical'] for x in r['tokens']], lambda v: f'{v:.1%}')} "
+            f"| {cell([x['grammatical'] for x in r['tokens']], '.1%')} "
             f"| {statistics.mean(x['tok_s'] for x in r['tokens']):,.0f} | {ROWS[key][0]} |")
     return "\n".join(lines)
 

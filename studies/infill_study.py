@@ -20,7 +20,7 @@ import re
 import sys
 
 from minidlm.checkpoint import CheckpointError, load_model
-from minidlm.cli import (ArgumentParser, die, mean_sd, number, pick_device, preflight, run_main,
+from minidlm.cli import (ArgumentParser, cell, die, number, pick_device, preflight, run_main,
                          write_json)
 from minidlm.corpus import NAMES, STORY_WORDS, is_grammatical, split_sentences
 from minidlm.data import load_documents
@@ -107,8 +107,8 @@ def table(meta, rows) -> str:
     for r in rows:
         pm = r["per_model"]
         lines.append(f"| {r['hole']} | {r['context']} | {round(sum(m['stories'] for m in pm) / len(pm))} | "
-                     f"{mean_sd([100 * m['recovered'] for m in pm], 1)} | "
-                     f"{mean_sd([100 * m['grammatical'] for m in pm], 1)} |")
+                     f"{cell([m['recovered'] for m in pm], '.1f', 100)} | "
+                     f"{cell([m['grammatical'] for m in pm], '.1f', 100)} |")
     return "\n".join(lines)
 
 

@@ -24,11 +24,10 @@ import json
 import os
 import random
 import sys
-import time
 
 from minidlm.checkpoint import CheckpointError, load_model
-from minidlm.cli import (SEED, ArgumentParser, die, mean_sd, number, pick_device, positive_int, preflight, pyplot,
-                         require_plot_extra, run_main, save_figure, write_json)
+from minidlm.cli import (SEED, ArgumentParser, cell, die, number, pick_device, positive_int, preflight, pyplot,
+                         require_plot_extra, run_main, save_figure, timed, write_json)
 from minidlm.corpus import CorpusError, grammatical_rate
 from minidlm.cota import CoTAConfig
 from minidlm.data import load_documents
@@ -112,12 +111,13 @@ def run_row(model, tok, prompts, gen_length, settings, cota, batch_size):
     cfg = SamplerConfig(gen_length=gen_length, steps=gen_length, block_length=gen_length,
                         cota=CoTAConfig(**cota), **settings)
     outputs, orders, seconds = [], [], 0.0
+    device = next(model.parameters()).device
     for start in range(0, len(prompts), batch_size):
         batch = prompts[start:start + batch_size]
         recorder = CommitOrder(tok.mask_id, gen_length)
-        t0 = time.perf_counter()
-        out = generate(model, batch, tok.mask_id, tok.eot_id, cfg, on_step=recorder)
-        seconds += time.perf_counter() - t0
+        out, batch_seconds = timed(device, lambda: generate(model, batch, tok.mask_id, tok.eot_id, cfg,
+                                                           on_step=recorder))
+        seconds += batch_seconds
         outputs.extend(out.tolist())
         orders.extend(recorder.orders)
     return outputs, orders, len(prompts) * gen_length / seconds
@@ -180,17 +180,13 @@ def plot_flow(flow, path):
     save_figure(fig, path, dpi=120)
 
 
-def cell(column, values):
-    """One table cell: a value, or mean +- sd over models when there are several."""
-    scale = 100 if column in PERCENT else 1
-    return mean_sd([scale * v for v in values], 2 if scale == 100 else 1)
-
-
 def markdown(rows, columns):
     lines = ["| mode | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
-    for r in rows:
+    for r in rows:  # a cell: the value, or mean +- sd over models; rates in % with 2 decimals
         per_model = r.get("per_model", [r])
-        lines.append(f"| {r['mode']} | " + " | ".join(cell(c, [m[c] for m in per_model]) for c in columns) + " |")
+        cells = [cell([m[c] for m in per_model], ".2f", 100) if c in PERCENT else cell([m[c] for m in per_model], ".1f")
+                 for c in columns]
+        lines.append(f"| {r['mode']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

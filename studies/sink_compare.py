@@ -29,7 +29,7 @@ import sys
 import torch
 
 from minidlm.checkpoint import CheckpointError, load_model
-from minidlm.cli import (ArgumentParser, die, number, pick_device, preflight, pyplot, require_plot_extra,
+from minidlm.cli import (ArgumentParser, cell, die, number, pick_device, preflight, pyplot, require_plot_extra,
                          run_main, save_figure, write_json)
 from minidlm.corpus import CorpusError
 from minidlm.data import fixed_windows, load_documents, token_stream
@@ -162,13 +162,11 @@ def plot_curves(rows, folder):
     return path
 
 
-def cell(row, m):
-    if row.get(m) is None:  # not measured (a row saved before the metric existed), or no [SINK]
-        return "-"
+def metric_cell(row, m):
+    """Metric m of a row (its mean and sd over seeds); "-" where it was not measured (a row saved
+    before the metric existed, or a model without a [SINK])."""
     pct = m in PERCENT
-    value = f"{100 * row[m]:.1f}" if pct else f"{row[m]:.3f}"
-    sd = row.get(m + "_sd")
-    return value + (f" +- {100 * sd if pct else sd:.{1 if pct else 3}f}" if sd is not None else "")
+    return cell([row.get(m)], ".1f" if pct else ".3f", 100 if pct else 1, sd=row.get(m + "_sd"))
 
 
 def build_parser():
@@ -243,7 +241,7 @@ def print_tables(rows, plot_folder):
     print("| model | seeds | " + " | ".join(name for _, name in shown) + " |")
     print("|---" * (len(shown) + 2) + "|")
     for row in rows:
-        print(f"| {row['model']} | {len(row['checkpoints'])} | " + " | ".join(cell(row, m) for m, _ in shown) + " |")
+        print(f"| {row['model']} | {len(row['checkpoints'])} | " + " | ".join(metric_cell(row, m) for m, _ in shown) + " |")
     table = curve_table(rows)
     if table:
         print("\nEmergence during training (train_tiny.py's log; mean over seeds):")
