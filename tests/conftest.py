@@ -1,7 +1,4 @@
 """Shared fixtures: tiny random models in float64 (so greedy ties cannot flip on 1e-7 noise)."""
-import contextlib
-import os
-
 import torch
 from hypothesis import settings
 
@@ -10,20 +7,9 @@ from minidlm.model import DiffusionLM, ModelConfig
 settings.register_profile("ci", max_examples=25, deadline=None)
 settings.load_profile("ci")
 # One thread: these models are tiny, so a second thread buys nothing and, on a busy 2-core machine,
-# its wake-ups made every small op wait for a core (ten times slower). The shipped-model tests,
-# which are matmul-bound, take two threads for their duration (see `two_threads`).
+# its wake-ups made every small op wait for a core (ten times slower; the shipped model's golden
+# cases took 24 s with two threads and 3 s with one).
 torch.set_num_threads(1)
-
-
-@contextlib.contextmanager
-def two_threads():
-    """Up to two torch threads for the duration (the shipped checkpoints' tests), then one again."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(min(2, os.cpu_count() or 1))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 VOCAB, MASK_ID, PAD_ID = 40, 38, 37

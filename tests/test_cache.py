@@ -126,6 +126,7 @@ def test_ctar_repairs_exactly_the_neighbourhood_of_a_new_commit_in_the_deep_band
             assert got == set()
 
 
+@pytest.mark.slow  # compiling takes most of a minute on a 2-core CPU
 def test_compiled_forward_gives_the_same_tokens():
     """--compile (torch.compile of the model forward) on the CPU: identical greedy tokens. The
     dual cache runs both compiled paths: full forwards at block starts, cached ones in between."""

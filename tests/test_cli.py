@@ -1,4 +1,10 @@
-"""The scripts end bad input with one line and exit code 2, and never lose a written checkpoint."""
+"""The scripts end bad input with one line and exit code 2, and never lose a written checkpoint.
+
+Each command-line case runs twice: in this process (the script's main() with sys.argv set, its
+exit code from SystemExit, its output from capsys), in the fast suite, and as a real subprocess,
+marked slow (each one imports torch anew, about a second). A few cases run as subprocesses in the
+fast suite too, so that the true command line of sample.py and train_tiny.py is checked there."""
+import importlib
 import io
 import json
 import os
@@ -9,23 +15,61 @@ import pytest
 import torch
 
 from minidlm.checkpoint import CheckpointError, load_model, save_model
+from minidlm.cli import run_main
 from minidlm.evaluate import plateau_warning
 from minidlm.model import DiffusionLM, ModelConfig
 from minidlm.tokenizer import Tokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)  # sample, train_tiny and studies import as modules for in-process runs
 TEXT = "\n\n".join(f"Story {i}. The cat sat on the mat and looked at the {w} sky. It was good."
                    for i, w in enumerate(["blue", "grey", "red", "dark", "bright"] * 20))
 TINY = ["--n-layer", "1", "--d-model", "16", "--n-head", "2", "--seq-len", "32",
         "--batch-size", "2", "--vocab-size", "300", "--eval-mc", "1", "--threads", "1"]
 
 
+def module_of(script):
+    """sample.py -> sample, studies/infill_study.py -> studies.infill_study."""
+    return script[:-3].replace("/", ".")
+
+
 def run(script, *args):
-    """`python script ...` from the repository root; a study as `python -m studies.NAME ...`."""
+    """`python script ...` from the repository root; a study (or a minidlm module) as
+    `python -m studies.NAME ...`."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    target = ["-m", script[:-3].replace("/", ".")] if script.startswith("studies/") else [script]
+    target = ["-m", module_of(script)] if script.startswith(("studies/", "minidlm/")) else [script]
     return subprocess.run([sys.executable, *target, *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(params=["in-process", pytest.param("subprocess", marks=pytest.mark.slow)])
+def script_run(request, capsys, monkeypatch):
+    """`run`, or the same command in this process: the script's main() as `python script` runs it
+    (run_main), from the repository root, with the same exit code, stdout and stderr."""
+    if request.param == "subprocess":
+        return run
+
+    def in_process(script, *args):
+        module = importlib.import_module(module_of(script))
+        monkeypatch.chdir(ROOT)
+        monkeypatch.setattr(sys, "argv", [script, *args])
+        threads = torch.get_num_threads()
+        capsys.readouterr()
+        try:
+            if module.__name__ == "minidlm.prose":
+                module.main()  # its main is what `python -m minidlm.prose` runs
+            else:
+                run_main(module.main)
+            code = 0
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else (e.code is not None)
+            if isinstance(e.code, str):
+                print(e.code, file=sys.stderr)
+        finally:
+            torch.set_num_threads(threads)  # train_tiny.py's --threads
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess([script, *args], int(code), out, err)
+    return in_process
 
 
 def assert_clean_error(result, needle):
@@ -73,9 +117,9 @@ def test_foreign_checkpoint_is_incompatible(tmp_path):
     (["--steps", "zero"], "expected an integer"),
     (["--device", "quantum"], "unknown device"),
 ])
-def test_sample_bad_input_is_one_line_and_exit_2(checkpoint, args, needle):
+def test_sample_bad_input_is_one_line_and_exit_2(checkpoint, args, needle, script_run):
     args = args if "--checkpoint" in args else ["--checkpoint", str(checkpoint), *args]
-    assert_clean_error(run("sample.py", "--gen-length", "16", "--block-length", "8", "--steps", "16", *args),
+    assert_clean_error(script_run("sample.py", "--gen-length", "16", "--block-length", "8", "--steps", "16", *args),
                        needle)
 
 
@@ -90,13 +134,14 @@ def test_sample_bad_input_is_one_line_and_exit_2(checkpoint, args, needle):
     (["--prompt", "a <|hole:4|> b", "--block-length", "3"], "not divisible by block length"),
     (["--prompt", "a", "--suffix", "b <|hole:x|>"], "malformed hole placeholder"),
 ])
-def test_infill_bad_input_is_one_line_and_exit_2(checkpoint, args, needle):
-    assert_clean_error(run("sample.py", "--checkpoint", str(checkpoint), *args), needle)
+def test_infill_bad_input_is_one_line_and_exit_2(checkpoint, args, needle, script_run):
+    assert_clean_error(script_run("sample.py", "--checkpoint", str(checkpoint), *args), needle)
 
 
 def test_infill_fills_every_hole_and_keeps_the_given_text(checkpoint):
     """Several texts with different hole layouts and counts, --suffix, --show: the given text
-    comes back around the filled holes, in the order given."""
+    comes back around the filled holes, in the order given. Real subprocesses, in the fast suite
+    (--show's view writes to the sys.stderr of when minidlm.show was imported, not capsys's)."""
     r = run("sample.py", "--checkpoint", str(checkpoint), "--prompt", "The cat <|hole:3|> sat. <|hole:2|>",
             "--prompt", "<|hole:4|> dog", "--show", "--show-delay", "0", "--cache", "dual")
     assert r.returncode == 0, r.stderr
@@ -108,6 +153,7 @@ def test_infill_fills_every_hole_and_keeps_the_given_text(checkpoint):
     assert r.returncode == 0 and r.stdout.startswith("The cat") and r.stdout.strip().endswith("The end."), r.stderr
 
 
+@pytest.mark.slow
 def test_infill_study_prints_both_contexts_and_reprints_its_json(checkpoint, tmp_path):
     out = tmp_path / "infill.json"
     r = run("studies/infill_study.py", "--checkpoint", str(checkpoint), "--stories", "6", "--json", str(out))
@@ -118,13 +164,13 @@ def test_infill_study_prints_both_contexts_and_reprints_its_json(checkpoint, tmp
     assert_clean_error(run("studies/infill_study.py", "--from-json", str(checkpoint)), "not a table written by")
 
 
-def test_sample_truncated_checkpoint(checkpoint, tmp_path):
+def test_sample_truncated_checkpoint(checkpoint, tmp_path):  # a real subprocess in the fast suite
     bad = tmp_path / "cut.pt"
     bad.write_bytes(checkpoint.read_bytes()[:1000])
     assert_clean_error(run("sample.py", "--checkpoint", str(bad)), "cannot read checkpoint")
 
 
-def test_sample_writes_text_to_stdout_and_stats_to_stderr(checkpoint):
+def test_sample_writes_text_to_stdout_and_stats_to_stderr(checkpoint):  # a real subprocess too
     r = run("sample.py", "--checkpoint", str(checkpoint), "--prompt", "The cat", "--gen-length", "16",
             "--steps", "16", "--block-length", "8", "--temperature", "1", "--num-samples", "2")
     assert r.returncode == 0, r.stderr
@@ -133,12 +179,13 @@ def test_sample_writes_text_to_stdout_and_stats_to_stderr(checkpoint):
 
 @pytest.mark.parametrize("content, needle", [("", "empty"), ("\x00\x01binary" * 300, "binary"),
                                              ("too short", "needs 2000")])
-def test_train_bad_data_is_one_line_and_exit_2(tmp_path, content, needle):
+def test_train_bad_data_is_one_line_and_exit_2(tmp_path, content, needle, script_run):
     data = tmp_path / "data.txt"
     data.write_text(content)
-    assert_clean_error(run("train_tiny.py", "--data", str(data), "--out", str(tmp_path / "m.pt")), needle)
+    assert_clean_error(script_run("train_tiny.py", "--data", str(data), "--out", str(tmp_path / "m.pt")), needle)
 
 
+@pytest.mark.slow
 def test_train_resume_and_no_overwrite(tmp_path):
     data, out = tmp_path / "data.txt", tmp_path / "m.pt"
     data.write_text(TEXT)
@@ -154,6 +201,7 @@ def test_train_resume_and_no_overwrite(tmp_path):
     assert load_model(str(out))[2]["step"] == 6
 
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_and_keeps_the_checkpoint_readable(tmp_path):
     data, out = tmp_path / "data.txt", tmp_path / "m.pt"
     data.write_text(TEXT)
@@ -163,6 +211,7 @@ def test_non_finite_loss_stops_and_keeps_the_checkpoint_readable(tmp_path):
     load_model(str(out))  # whatever was last saved is a complete, readable file
 
 
+@pytest.mark.slow
 def test_repeat_study_on_a_users_text_drops_the_grammar_column(tmp_path):
     data = tmp_path / "mine.txt"
     data.write_text(TEXT)
@@ -175,6 +224,7 @@ def test_repeat_study_on_a_users_text_drops_the_grammar_column(tmp_path):
     assert "grammatical" not in r.stdout
 
 
+@pytest.mark.slow
 def test_repeat_study_over_model_seeds_prints_mean_and_sd_and_reprints_it(tmp_path):
     out = tmp_path / "rows.json"
     r = run("studies/repeat_study.py", "--checkpoint", "checkpoints/tiny.pt", "checkpoints/tiny.pt", "--prompts", "2",
@@ -185,6 +235,7 @@ def test_repeat_study_over_model_seeds_prints_mean_and_sd_and_reprints_it(tmp_pa
     assert again.returncode == 0 and again.stdout == r.stdout, again.stderr
 
 
+@pytest.mark.slow
 def test_sink_compare_writes_rows_with_the_promised_fields(tmp_path):
     out = tmp_path / "cmp.json"
     r = run("studies/sink_compare.py", "--arm", "base=checkpoints/tiny.pt", "--arm", "sink=checkpoints/tiny-sink.pt",
@@ -200,19 +251,20 @@ def test_sink_compare_writes_rows_with_the_promised_fields(tmp_path):
     assert_clean_error(run("studies/sink_compare.py", "--from-json", "README.md"), "not a comparison")
 
 
-def test_ctar_runs_with_the_feature_cache_and_says_when_it_has_nothing_to_repair(checkpoint):
-    r = run("sample.py", "--checkpoint", checkpoint, "--gen-length", "8", "--steps", "8",
+def test_ctar_runs_with_the_feature_cache_and_says_when_it_has_nothing_to_repair(checkpoint, script_run):
+    r = script_run("sample.py", "--checkpoint", str(checkpoint), "--gen-length", "8", "--steps", "8",
             "--block-length", "8", "--cache", "feature", "--ctar", "--ctev", "--ctev-mode", "context")
     assert r.returncode == 0 and "CTAR w 5" in r.stderr, r.stderr
-    r = run("sample.py", "--checkpoint", checkpoint, "--gen-length", "8", "--steps", "8", "--block-length", "8",
-            "--ctar")
+    r = script_run("sample.py", "--checkpoint", str(checkpoint), "--gen-length", "8", "--steps", "8",
+                   "--block-length", "8", "--ctar")
     assert r.returncode == 0 and "changes nothing here" in r.stderr, r.stderr
 
 
-def test_reproduce_rejects_bad_flags_in_one_line():
-    assert_clean_error(run("studies/reproduce.py", "--fast"), "unrecognized arguments")
+def test_reproduce_rejects_bad_flags_in_one_line(script_run):
+    assert_clean_error(script_run("studies/reproduce.py", "--fast"), "unrecognized arguments")
 
 
+@pytest.mark.slow
 def test_retrain_reruns_the_recorded_command_and_swaps_the_result_in(tmp_path, monkeypatch):
     """reproduce.py --retrain: train into runs/retrain/, then replace the checkpoint, keeping the
     recorded command; the same seed gives the same weights."""
@@ -239,16 +291,18 @@ def test_plateau_warning_says_when_a_model_learned_only_word_frequencies():
     assert "has not learned" in plateau_warning(in_training)
 
 
-def test_sample_warns_on_stderr_for_a_model_on_the_plateau(tmp_path):
+def test_sample_warns_on_stderr_for_a_model_on_the_plateau(tmp_path, script_run):
     path = tmp_path / "plateau.pt"
     tok = Tokenizer.train([TEXT], vocab_size=300)
     model = DiffusionLM(ModelConfig(vocab_size=tok.vocab_size, n_layer=1, n_head=2, d_model=16, max_seq_len=48))
     save_model(str(path), model, tok, {"command": "test", "unigram_bits_per_token": 5.0,
                                        "metrics": {"val_bits_per_token": 5.1}})
-    r = run("sample.py", "--checkpoint", str(path), "--gen-length", "16", "--block-length", "8", "--steps", "16")
+    r = script_run("sample.py", "--checkpoint", str(path), "--gen-length", "16", "--block-length", "8",
+                   "--steps", "16")
     assert r.returncode == 0 and "has not learned to use context" in r.stderr and "warning" not in r.stdout
 
 
+@pytest.mark.slow
 def test_ctrl_c_saves_the_current_step_and_prints_the_resume_command(tmp_path):
     import signal
     data, out = tmp_path / "data.txt", tmp_path / "m.pt"
@@ -273,13 +327,13 @@ def test_ctrl_c_saves_the_current_step_and_prints_the_resume_command(tmp_path):
     assert load_model(str(out))[2]["step"] == step + 2
 
 
-def test_unwritable_out_is_refused_before_any_work(tmp_path):
+def test_unwritable_out_is_refused_before_any_work(tmp_path, script_run):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
-    r = run("train_tiny.py", "--out", str(blocker / "sub" / "m.pt"), *TINY)
+    r = run("train_tiny.py", "--out", str(blocker / "sub" / "m.pt"), *TINY)  # a real subprocess in the fast suite
     assert_clean_error(r, "cannot write")
     assert "data:" not in r.stderr  # refused before loading or tokenising anything
-    assert_clean_error(run("train_tiny.py", "--out", str(tmp_path), *TINY), "is a folder")
+    assert_clean_error(script_run("train_tiny.py", "--out", str(tmp_path), *TINY), "is a folder")
 
 
 @pytest.mark.parametrize("writer", ["checkpoint", "json", "figure"])
@@ -311,11 +365,14 @@ def test_a_save_that_fails_half_way_leaves_the_old_file_and_no_debris(writer, tm
     assert os.listdir(tmp_path) == [path.name]
 
 
+@pytest.mark.slow
 def test_prose_writes_the_documentation_that_ships_with_python(tmp_path):
     out = tmp_path / "sub" / "pydoc.txt"
     r = subprocess.run([sys.executable, "-m", "minidlm.prose", "pydoc", str(out)], cwd=ROOT,
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert len(out.read_text(encoding="utf-8")) > 10_000
-    assert_clean_error(subprocess.run([sys.executable, "-m", "minidlm.prose", "pydoc", str(tmp_path)],
-                                      cwd=ROOT, capture_output=True, text=True), "folder")
+
+
+def test_prose_refuses_a_folder_as_its_output(tmp_path, script_run):
+    assert_clean_error(script_run("minidlm/prose.py", "pydoc", str(tmp_path)), "folder")

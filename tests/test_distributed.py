@@ -3,10 +3,13 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from minidlm.checkpoint import read
 from minidlm.corpus import generate_stories
+
+pytestmark = pytest.mark.slow  # two trainings, one of them under torchrun
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--n-layer", "2", "--n-head", "2", "--d-model", "32", "--seq-len", "32", "--vocab-size", "300",

@@ -31,21 +31,11 @@ def golden_cases():
         return json.load(f)["cases"]
 
 
-def test_continuation_gives_exactly_the_tokens_of_before_infilling():
-    """tests/data/continuation.json holds generate's tokens from before the sampler took holes
-    anywhere (commit ae79df6): every cache, with and without CoTA, greedy and sampled, on tiny
-    random models and on the shipped checkpoint. The same calls must give the same tokens.
-    Everything runs in float64, so that a tie between two confidences cannot flip on rounding."""
-    from minidlm.checkpoint import load_model
-    models = {f"tiny sink={s}": (tiny_model(sink=s, n_layer=4), MASK_ID, PAD_ID,
-                                 [[1, 2, 3], [4, 5]], dict(gen_length=8, block_length=4, steps=8), 3)
-              for s in (False, True)}
-    shipped, tok, _ = load_model("checkpoints/tiny.pt")
-    shipped = shipped.double()
-    models["checkpoints/tiny.pt"] = (shipped, tok.mask_id, tok.eot_id,
-                                     [tok.prompt("Once upon a time there was a cat."), tok.prompt("")],
-                                     dict(gen_length=64, block_length=32, steps=64), 0)
-    for case in golden_cases():
+def check_golden(model_name, models):
+    """Every case of `model_name` in tests/data/continuation.json: the same call, the same tokens."""
+    cases = [c for c in golden_cases() if c["model"] == model_name]
+    checked = 0
+    for case in cases:
         if case["model"] == "checkpoints/tiny.pt" and (case["cache"], case["cota"]) not in SHIPPED_CASES:
             continue  # the shipped model is slow on a 2-core CPU: the cases most likely to drift
         model, mask_id, pad_id, prompts, shape, seed = models[case["model"]]
@@ -53,6 +43,31 @@ def test_continuation_gives_exactly_the_tokens_of_before_infilling():
                             **SAMPLING[case["sampling"]])
         out = generate(model, prompts, mask_id, pad_id, cfg, seed=seed)
         assert out.tolist() == case["tokens"], case
+        checked += 1
+    assert checked > 0, f"no golden case for {model_name}"
+
+
+@pytest.mark.parametrize("sink", [False, True])
+def test_continuation_gives_exactly_the_tokens_of_before_infilling(sink):
+    """tests/data/continuation.json holds generate's tokens from before the sampler took holes
+    anywhere (commit ae79df6): every cache, with and without CoTA, greedy and sampled, on tiny
+    random models and on the shipped checkpoint. The same calls must give the same tokens.
+    Everything runs in float64, so that a tie between two confidences cannot flip on rounding.
+    Here the tiny models; the shipped checkpoint's cases are the slow test below."""
+    name = f"tiny sink={sink}"
+    check_golden(name, {name: (tiny_model(sink=sink, n_layer=4), MASK_ID, PAD_ID,
+                               [[1, 2, 3], [4, 5]], dict(gen_length=8, block_length=4, steps=8), 3)})
+
+
+@pytest.mark.slow
+def test_continuation_gives_exactly_the_tokens_of_before_infilling_on_the_shipped_model():
+    """The golden continuation cases of checkpoints/tiny.pt (see above), in float64."""
+    from minidlm.checkpoint import load_model
+    shipped, tok, _ = load_model("checkpoints/tiny.pt")
+    shipped = shipped.double()
+    check_golden("checkpoints/tiny.pt", {"checkpoints/tiny.pt": (
+        shipped, tok.mask_id, tok.eot_id, [tok.prompt("Once upon a time there was a cat."), tok.prompt("")],
+        dict(gen_length=64, block_length=32, steps=64), 0)})
 
 
 MODELS = {sink: tiny_model(sink=sink, n_layer=3) for sink in (False, True)}
