@@ -154,8 +154,7 @@ class FeatureCache(NoCache):
         mask = self.model.attention_mask(self.bias_for(rows), rows.shape[1], self.length, False,
                                          h.dtype, h.device)
         trace = Trace() if self.record is not None else None
-        a, f = block.branches(h.gather(1, index), rope_rows, mask, trace=trace,
-                              kv_update=lambda k, v: self.kv.update(layer, k, v, rows=rows))
+        a, f = block.branches(h.gather(1, index), rope_rows, mask, cache=self.kv.writer(rows=rows), trace=trace)
         if trace is not None:
             self.record.write_rows(layer, trace, rows)
         self.attn_out[layer].scatter_(1, index, a)

@@ -17,23 +17,21 @@ from .model import rope_angles
 def sink_kv(model):
     """Per layer, the [SINK]'s (k, v), each (1, H, 1, head_dim). Its row sees only itself and its
     input is constant, so these never change: a cache computes them once, by the model's own
-    blocks at RoPE position 0."""
+    blocks at RoPE position 0 (each layer's K/V projection of the sink row, then the layer)."""
     cfg = model.cfg
     rope = rope_angles(torch.zeros(1, 1, dtype=torch.long, device=model.sink_embed.device),
                        cfg.d_model // cfg.n_head, cfg.rope_base)
     x, kvs = model.sink_embed, []
-
-    def keep(k, v):  # attend as usual, and remember this layer's k, v
-        kvs.append((k, v))
-        return k, v
     for block in model.blocks:
-        x = block(x, rope, None, kv_update=keep)
+        _, k, v = block.attn.qkv(block.norm1(x), rope)
+        kvs.append((k, v))
+        x = block(x, rope, None)
     return kvs
 
 
 class KVBuffer:
-    """Preallocated K/V of [sink?; every position] for every layer. `update(layer, k, v, span=
-    (start, end) | rows=(B, R) index)` writes the query rows' fresh K/V and returns the whole buffer."""
+    """Preallocated K/V of [sink?; every position] for every layer. A forward writes into it
+    through `writer(span=(start, end) | rows=(B, R) index, keep=...)`, its `cache=`."""
 
     def __init__(self, model, batch: int, length: int, dtype, device):
         cfg = model.cfg
@@ -47,21 +45,6 @@ class KVBuffer:
                 self.v[layer, :, :, :1] = v
         self.num_keys = self.sink + length
 
-    def update(self, layer: int, k, v, span=None, rows=None, keep=None):
-        """keep: (B, end - start) bool or None; rows of the span it marks False keep their K/V."""
-        if span is not None:  # a plain slice copy: several times cheaper than a scatter
-            start, end = span[0] + self.sink, span[1] + self.sink
-            if keep is not None:
-                k = torch.where(keep[:, None, :, None], k, self.k[layer][:, :, start:end])
-                v = torch.where(keep[:, None, :, None], v, self.v[layer][:, :, start:end])
-            self.k[layer][:, :, start:end] = k
-            self.v[layer][:, :, start:end] = v
-        else:
-            index = (rows + self.sink)[:, None, :, None].expand_as(k)
-            self.k[layer].scatter_(2, index, k)
-            self.v[layer].scatter_(2, index, v)
-        return self.k[layer], self.v[layer]
-
     def writer(self, span=None, rows=None, keep=None):
         """For model(..., cache=...): a forward whose query rows are the columns span = (start,
         end) of every sample (`keep`: of which each row writes back), or the (B, R) `rows`."""
@@ -69,8 +52,26 @@ class KVBuffer:
 
 
 class KVWriter:
-    def __init__(self, buffer: KVBuffer, span, rows, keep):
-        self.buffer, self.span, self.rows, self.keep, self.num_keys = buffer, span, rows, keep, buffer.num_keys
+    """One forward's writes into a KVBuffer. `update(layer, k, v)`, the one call each layer's
+    attention makes (gpt-fast's `KVCache.update(input_pos, k, v)`), writes the query rows'
+    fresh K/V at their columns and returns the layer's whole K, V (num_keys of them).
+    keep: (B, end - start) bool or None; rows of the span it marks False keep their K/V."""
 
-    def update(self, layer, k, v):
-        return self.buffer.update(layer, k, v, span=self.span, rows=self.rows, keep=self.keep)
+    def __init__(self, buffer: KVBuffer, span=None, rows=None, keep=None):
+        self.k, self.v, self.sink, self.num_keys = buffer.k, buffer.v, buffer.sink, buffer.num_keys
+        self.span, self.rows, self.keep = span, rows, keep
+
+    def update(self, layer: int, k, v):
+        K, V = self.k[layer], self.v[layer]
+        if self.span is not None:  # a plain slice copy: several times cheaper than a scatter
+            start, end = self.span[0] + self.sink, self.span[1] + self.sink
+            if self.keep is not None:
+                k = torch.where(self.keep[:, None, :, None], k, K[:, :, start:end])
+                v = torch.where(self.keep[:, None, :, None], v, V[:, :, start:end])
+            K[:, :, start:end] = k
+            V[:, :, start:end] = v
+        else:
+            index = (self.rows + self.sink)[:, None, :, None].expand_as(k)
+            K.scatter_(2, index, k)
+            V.scatter_(2, index, v)
+        return K, V

@@ -82,8 +82,9 @@ def apply_rope(x, cos, sin):
 
 
 class Attention(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, layer: int):
         super().__init__()
+        self.layer = layer  # which layer's K/V a cache updates
         self.n_head, self.head_dim = cfg.n_head, cfg.d_model // cfg.n_head
         self.wqkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=False)
         self.wo = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
@@ -103,10 +104,10 @@ class Attention(nn.Module):
         q, k, v = self.wqkv(x).view(B, T, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)
         return apply_rope(self.q_norm(q), *rope), apply_rope(self.k_norm(k), *rope), v
 
-    def forward(self, x, rope, mask, kv_update=None, trace=None):
+    def forward(self, x, rope, mask, cache=None, trace=None):
         q, k, v = self.qkv(x, rope)
-        if kv_update is not None:
-            k, v = kv_update(k, v)
+        if cache is not None:  # write these rows' K/V, attend over every key the cache holds
+            k, v = cache.update(self.layer, k, v)
         if self.sink_variant is not None:
             v, mask = self.sink_variant(q, k, v, lambda x: apply_rope(x, *rope), mask)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
@@ -132,19 +133,19 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, layer: int):
         super().__init__()
-        self.norm1, self.attn = RMSNorm(cfg.d_model), Attention(cfg)
+        self.norm1, self.attn = RMSNorm(cfg.d_model), Attention(cfg, layer)
         self.norm2, self.mlp = RMSNorm(cfg.d_model), MLP(cfg)
 
-    def forward(self, x, rope, mask, kv_update=None, trace=None):
-        x = x + self.attn(self.norm1(x), rope, mask, kv_update, trace)
+    def forward(self, x, rope, mask, cache=None, trace=None):
+        x = x + self.attn(self.norm1(x), rope, mask, cache, trace)
         return x + self.mlp(self.norm2(x))
 
-    def branches(self, x, rope, mask, kv_update=None, trace=None):
+    def branches(self, x, rope, mask, cache=None, trace=None):
         """The two residual branches for rows x, as `forward` computes them: the attention output
         a, then the FFN output f of x + a (the block's output is x + a + f)."""
-        a = self.attn(self.norm1(x), rope, mask, kv_update, trace)
+        a = self.attn(self.norm1(x), rope, mask, cache, trace)
         return a, self.mlp(self.norm2(x + a))
 
 
@@ -156,7 +157,7 @@ class DiffusionLM(nn.Module):
         self.cfg = cfg
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.sink_embed = nn.Parameter(torch.zeros(1, 1, cfg.d_model)) if cfg.sink else None
-        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.blocks = nn.ModuleList(Block(cfg, layer) for layer in range(cfg.n_layer))
         self.norm = RMSNorm(cfg.d_model)
         self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=cfg.head_bias)
         self.apply(self._init)
@@ -223,9 +224,8 @@ class DiffusionLM(nn.Module):
         s = int(sink_row)
         tk = T if cache is None else cache.num_keys - int(self.cfg.sink)
         mask = self.attention_mask(attn_bias, T, tk, sink_row, x.dtype, x.device)
-        for i, block in enumerate(self.blocks):
-            kv_update = None if cache is None else (lambda k, v, i=i: cache.update(i, k, v))
-            x = block(x, rope, mask, kv_update, tr)
+        for block in self.blocks:
+            x = block(x, rope, mask, cache, tr)
             if tr is not None:
                 tr.hidden.append(x[:, s:])
         logits = self.head(self.norm(x[:, s:]))
