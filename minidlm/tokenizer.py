@@ -132,7 +132,8 @@ class Tokenizer:
         self.mergeable_ranks = mergeable_ranks
         self.special_ids = {s: n_ranks + k for k, s in enumerate(SPECIAL_TOKENS)}
         self._special_by_id = {i: s for s, i in self.special_ids.items()}
-        self.eot_id, self.mask_id, self.sink_id = (self.special_ids[s] for s in SPECIAL_TOKENS)  # sink_id: reserved, unused
+        # sink_id is reserved and unused (the model's [SINK] is its own embedding, not a token)
+        self.eot_id, self.mask_id, self.sink_id = (self.special_ids[s] for s in SPECIAL_TOKENS)
         self.encoding = tiktoken.Encoding(
             name=f"minidlm-bpe-{n_ranks}",
             pat_str=pat_str,
