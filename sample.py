@@ -13,13 +13,12 @@ The generated text goes to stdout (one sample per paragraph); settings, timing a
 animation go to stderr, so `python sample.py > out.txt` keeps only the text.
 """
 import sys
-import time
 
 import torch
 
 from minidlm.checkpoint import CheckpointError, load_model
 from minidlm.cli import (SEED, ArgumentParser, die, number, pick_device, positive_int, preflight,
-                         require_plot_extra, run_main)
+                         require_plot_extra, run_main, timed)
 from minidlm.cache import CACHES
 from minidlm.cota import CTEV_MODES, CoTAConfig
 from minidlm.data import load_documents
@@ -184,14 +183,6 @@ def report(args, cfg, n_texts, stats, seconds, device):
     print(f"{n_texts} x {cfg.gen_length} tokens in {cfg.steps} steps, {seconds:.2f}s "
           f"({n_texts * cfg.gen_length / seconds:.0f} tok/s) on {device.type}, cache {cfg.cache}: "
           f"{rows:,.0f} rows per layer computed{cota}; model {args.checkpoint}", file=sys.stderr)
-
-
-def timed(device, work):
-    start = time.time()
-    out = work()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return out, time.time() - start
 
 
 def observing(*hooks):
