@@ -229,7 +229,7 @@ def cota_lesson(args, model, tokenizer, meta, device):
                 SamplerConfig(**feature, cache_stale_first=True))]
     try:
         for _, cfg in decodes:
-            cfg.validate(max(map(len, prompts)), model.cfg.max_seq_len, model.cfg.n_layer)
+            cfg.validate(max(map(len, prompts)), model.cfg.max_seq_len)
     except ValueError as e:
         die(str(e))
     colour = sys.stdout.isatty()
@@ -275,7 +275,7 @@ def main():
     prompts = [tokenizer.prompt(t) for t in texts]
     cfg = sampler_config(args, args.gen_length)
     try:
-        cfg.validate(max(map(len, prompts)), model.cfg.max_seq_len, model.cfg.n_layer)
+        cfg.validate(max(map(len, prompts)), model.cfg.max_seq_len)
     except ValueError as e:
         die(str(e))
     check_combinations(args)
@@ -324,8 +324,7 @@ def infill_main(args, model, tokenizer, texts, device):
     configs = {n: sampler_config(args, n) for n in groups}
     for n, members in groups.items():
         try:
-            configs[n].validate(max(len(canvases[i]) for i in members) - n, model.cfg.max_seq_len,
-                                model.cfg.n_layer)
+            configs[n].validate(max(len(canvases[i]) for i in members) - n, model.cfg.max_seq_len)
         except ValueError as e:
             die(f"{len(members)} text(s) with {n} tokens to fill: {e}")
     check_combinations(args)

@@ -1,22 +1,15 @@
 """The reverse process: LLaDA's sampler (arXiv 2502.09992, Algorithm 4 / low-confidence remasking).
 
-Read `llada_generate` first: the whole method in a plain loop. Everything after it generalises
-that loop and is tested to give the same tokens (tests/test_sampler.py):
-
-- `infill` fills [MASK]s anywhere in a canvas (holes), for a batch of rows of different lengths
-  (LEFT-padded; padded keys get -inf through the model's additive attention bias and each row's
-  positions start at 0 at its first real token, so a row's output does not depend on the others);
-  continuation (`generate`) is the case "prompt, then one hole of gen_length at the end";
-- it samples at a temperature (x0_hat = argmax(logits / T + Gumbel), the noise in float64) or
-  remasks at random (conf_i ~ U(0, 1)) instead of by confidence;
-- it reuses work across steps through a cache (cache.py) and can apply CoTA (cota.py).
-
-The holes, in canvas order, are cut into blocks of `block_length` decoded one after another, each
-in `steps / num_blocks` steps; a step commits the k most confident still-masked positions of the
-current block, k following the even schedule (the block's n masks spread over its steps, the first
-n % steps steps taking one more). Committed tokens never change again. Every row has the same
-number of holes, so k is one Python int and one batched `topk` commits exactly k tokens per row:
-inside the step loop there is no host sync and no Python loop over rows.
+Read `llada_generate` first: the whole method in a plain loop. `infill` generalises it and is
+tested to give the same tokens: [MASK]s anywhere in a canvas (holes), a batch of rows of
+different lengths (LEFT-padded: padded keys get -inf through the model's attention bias and each
+row's positions start at 0, so rows are independent), sampling at a temperature (argmax of
+logits / T + Gumbel noise drawn in float64) or random remasking, caches (cache.py) and CoTA
+(cota.py). `generate` is the case "prompt, then one hole of gen_length at the end".
+The holes are cut into blocks of `block_length`, decoded in text order in `steps / num_blocks`
+steps each; a step commits the k most confident masked positions of the block, k following the
+even schedule (`transfer_schedule`). Every row has the same number of holes, so one batched
+`topk` commits k tokens per row: the step loop has no host sync and no Python loop over rows.
 """
 from dataclasses import dataclass, field, replace
 
@@ -70,7 +63,7 @@ class SamplerConfig:
     cache_fresh_values: bool = False   # feature cache: every response row's fresh V (dLLM-Cache's hook)
     cota: CoTAConfig = field(default_factory=CoTAConfig)  # CTAE / CTEV (cota.py); off by default
 
-    def validate(self, max_prompt_len: int, max_seq_len: int, n_layer: int):
+    def validate(self, max_prompt_len: int, max_seq_len: int):
         """Raise ValueError with one clear sentence for an impossible setting."""
         if self.gen_length <= 0 or self.steps <= 0 or self.block_length <= 0:
             raise ValueError("gen length, steps and block length must be positive")
@@ -173,7 +166,7 @@ def infill(model, canvases, mask_id: int, pad_id: int, cfg: SamplerConfig, seed:
         raise ValueError(f"every canvas of a batch needs the same number of [MASK]s, got {counts}")
     N = counts[0]
     cfg = replace(cfg, gen_length=N)
-    cfg.validate(max(len(c) for c in canvases) - N, model.cfg.max_seq_len, model.cfg.n_layer)
+    cfg.validate(max(len(c) for c in canvases) - N, model.cfg.max_seq_len)
     generator = torch.Generator(device=device).manual_seed(seed)
     x, n_pad = pad_prompts(canvases, pad_id, device)
     B, L = x.shape
