@@ -19,6 +19,10 @@ cache's V projection of every response row for its similarity test, gathers and 
 achieved / ideal says how much of the saved work turned into saved time. `agree` is the share
 of generated tokens equal to the uncached sampler's.
 """
+from minidlm.cli import quiet_early_ctrl_c
+
+quiet_early_ctrl_c(__name__)  # before the heavy imports: a Ctrl-C while torch loads is one line
+
 import time
 
 import torch
@@ -118,7 +122,7 @@ def build_parser():
 
 def main():
     args = build_parser().parse_args()
-    preflight(outputs=[args.json])
+    preflight(outputs={"--json": args.json}, inputs={} if args.train else {"--checkpoint": args.checkpoint})
     try:
         device = pick_device(args.device)
     except ValueError as e:

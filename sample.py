@@ -12,6 +12,10 @@
 The generated text goes to stdout (one sample per paragraph); settings, timing and the --show
 animation go to stderr, so `python sample.py > out.txt` keeps only the text.
 """
+from minidlm.cli import quiet_early_ctrl_c
+
+quiet_early_ctrl_c(__name__)  # before the heavy imports: a Ctrl-C while torch loads is one line
+
 import sys
 
 import torch
@@ -34,6 +38,7 @@ from minidlm.sinks import SinkProbe, describe, plot
 LESSON_PROMPT = "Tom had a red ball."  # the --cota lesson's prompt when none is given
 LESSON_LENGTH = 64                     # its tokens per answer, as in the Repeat Curse study
 LESSON_HELD_OUT = 31                   # held-out prompts decoded beside it for the ARR
+PLOT_FILES = ("sink_trajectory.png", "attention_maps.png")  # what sinks.plot writes into --plot
 
 
 def build_parser():
@@ -258,7 +263,8 @@ def main():
     args = parse_args()
     lesson = args.cota is not None and args.cache is None
     args.gen_length = args.gen_length or (LESSON_LENGTH if lesson else SamplerConfig.gen_length)
-    preflight(outputs=[args.save], folders=[args.plot])
+    preflight(outputs={"--save": args.save}, inputs={"--checkpoint": args.checkpoint},
+              folders={"--plot": (args.plot, PLOT_FILES) if args.plot else None})
     try:
         device = pick_device(args.device)
         model, tokenizer, meta = load_model(args.checkpoint, device)

@@ -25,6 +25,10 @@ attention-sink emergence curve (the sink study's instrumentation) every N steps.
 Reading order: `main` sets up, `Run.train` is the loop (`train_step` in minidlm/train.py is one
 step), `Run.finish` evaluates and saves.
 """
+from minidlm.cli import quiet_early_ctrl_c
+
+quiet_early_ctrl_c(__name__)  # before the heavy imports: a Ctrl-C while torch loads is one line
+
 import math
 import os
 import shlex
@@ -36,8 +40,8 @@ from functools import partial
 import torch
 
 from minidlm.checkpoint import CheckpointError, atomic_save, read, save_model, state_path
-from minidlm.cli import (SEED, ArgumentParser, GracefulStop, check_readable_file, check_writable,
-                         die, number, pick_device, positive_int, run_main)
+from minidlm.cli import (SEED, ArgumentParser, GracefulStop, check_readable_file, die, number, pick_device,
+                         positive_int, preflight, run_main, same_file)
 from minidlm.corpus import CorpusError
 from minidlm.data import fixed_windows, load_documents, random_windows, token_stream
 from minidlm.diffusion import evaluate_nelbo
@@ -139,15 +143,48 @@ def model_config(args, vocab_size: int) -> ModelConfig:
                        zero_init=args.zero_init)
 
 
+def state_owner(path: str):
+    """The --out that the training state `path` was saved for, or None if it records none or
+    cannot be read (an unreadable state is nobody's work to keep)."""
+    try:
+        saved = read(path)
+    except CheckpointError:
+        return None
+    saved_args = saved.get("args") if isinstance(saved, dict) else None
+    out = saved_args.get("out") if isinstance(saved_args, dict) else None
+    return out if isinstance(out, str) else None
+
+
 def preflight_paths(args):
-    """Before any work: --out may be written (tried, then cleaned up), inputs exist and are files."""
-    if os.path.exists(args.out) and not (args.resume or args.force) and not os.path.isdir(args.out):
+    """Before any work: --out and its .state.pt are not an input (--data) or each other and may be
+    written (tried, then cleaned up), inputs exist and are files, and no other run's work is
+    replaced. Two --out names can share one state file (runs/a.pt and runs/a.pth both keep theirs
+    in runs/a.state.pt, as checkpoint.state_path names it): a state file that records another
+    --out, which still exists, is refused even with --force or --resume (that run could no longer
+    be resumed); give --out another name."""
+    state = state_path(args.out)
+    if args.out.endswith(".state.pt"):
+        die(f"--out {args.out} names a training-state file (.state.pt); give the model's file name, "
+            f"e.g. {args.out[:-len('.state.pt')]}.pt")
+    preflight(outputs={"--out": args.out, "the training state of --out": state}, inputs={"--data": args.data})
+    if os.path.exists(args.out) and not (args.resume or args.force):
         die(f"{args.out} exists: pass --resume to continue it or --force to overwrite it")
-    problem = (check_writable(args.out) or check_writable(state_path(args.out))
-               or (args.data and check_readable_file(args.data, "--data file"))
-               or (args.resume and check_readable_file(state_path(args.out), "training state to resume")))
-    if problem:
-        die(problem)
+    if os.path.exists(state):
+        owner = state_owner(state)
+        if owner is not None and not same_file(owner, args.out) and os.path.isfile(owner):
+            die(f"{state} is the training state of {owner}, which this run would replace; give --out "
+                f"another name")
+        if not (args.resume or args.force):
+            die(f"{state} exists (the training state of an earlier run): pass --resume to continue it "
+                f"or --force to overwrite it")
+    if args.resume:
+        problem = check_readable_file(state, "training state to resume")
+        if problem:
+            die(problem)
+
+
+# what Run reads from a saved training state
+STATE_KEYS = ("args", "step", "model", "optimizer", "tokenizer", "batch_rng", "mask_rng")
 
 
 def resume_state(args) -> dict:
@@ -156,7 +193,11 @@ def resume_state(args) -> dict:
         state = read(state_path(args.out))
     except CheckpointError as e:
         die(f"cannot resume: {e}")
-    saved = {"sink_value": "learned", **state.get("args", {})}  # older runs had only the learned one
+    missing = [k for k in STATE_KEYS if not isinstance(state, dict) or k not in state]
+    if missing or not isinstance(state["args"], dict):
+        why = f"it has no {missing[0]!r}" if missing else "its 'args' is not a dict"
+        die(f"cannot resume: {state_path(args.out)} is not a training state saved by train_tiny.py ({why})")
+    saved = {"sink_value": "learned", **state["args"]}  # older runs had only the learned one
     for key in RESUME_MUST_MATCH:
         if key not in saved:
             die(f"cannot resume: {state_path(args.out)} was saved by an older train_tiny.py "

@@ -20,6 +20,10 @@ Rows: the first round's recipe with one lever added each (first-round, muon, mid
 default, and levers on top of the default (fp32, plain-ce, batch-4). Runs go to runs/ablation/;
 JSON rows to --json.
 """
+from minidlm.cli import quiet_early_ctrl_c
+
+quiet_early_ctrl_c(__name__)  # before the heavy imports: a Ctrl-C while torch loads is one line
+
 import json
 import math
 import os
@@ -105,7 +109,8 @@ def build_parser():
 
 def main():
     args = build_parser().parse_args()
-    preflight(outputs=[None if args.from_json else args.json], inputs=[args.data, *(args.from_json or [])])
+    preflight(outputs={"--json": None if args.from_json else args.json},
+              inputs={"--data": args.data, **{f"--from-json #{i + 1}": p for i, p in enumerate(args.from_json or [])}})
     if args.from_json:
         try:
             saved = []

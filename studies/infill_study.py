@@ -15,6 +15,10 @@ filled-in sentences the corpus grammar accepts (a name must agree with "girl"/"b
 the right gender guessed at random would be recovered about 1 in 40 times, an object 1 in 48.
 Greedy, one token per step, one block over the hole; mean +- sd over several models when given.
 """
+from minidlm.cli import quiet_early_ctrl_c
+
+quiet_early_ctrl_c(__name__)  # before the heavy imports: a Ctrl-C while torch loads is one line
+
 import json
 import re
 import sys
@@ -125,9 +129,10 @@ def print_saved(path):
 def main():
     args = build_parser().parse_args()
     if args.from_json:
-        preflight(inputs=[args.from_json])
+        preflight(inputs={"--from-json": args.from_json})
         return print_saved(args.from_json)
-    preflight(outputs=[args.json], inputs=args.checkpoint)
+    preflight(outputs={"--json": args.json},
+              inputs={f"--checkpoint #{i + 1}": p for i, p in enumerate(args.checkpoint)})
     try:
         device = pick_device(args.device)
         models = [load_model(path, device) for path in args.checkpoint]

@@ -20,6 +20,10 @@ feature cache + CoTA: logit-lens entropy by layer at the step each position is c
 deep-layer attention mass within +-5 positions, for repeated vs normal positions. `--plot DIR`
 (plot extra) draws the entropy curves.
 """
+from minidlm.cli import quiet_early_ctrl_c
+
+quiet_early_ctrl_c(__name__)  # before the heavy imports: a Ctrl-C while torch loads is one line
+
 import json
 import os
 import random
@@ -266,9 +270,14 @@ def study_row(models, prompt_sets, gen_length, settings, cota, batch_size, gramm
 def main():
     args = build_parser().parse_args()
     if args.from_json:
-        preflight(inputs=[args.from_json])
+        preflight(inputs={"--from-json": args.from_json})
         return print_saved(args.from_json)
-    preflight(outputs=[args.json], folders=[args.plot], inputs=[args.data] + args.checkpoint)
+    if args.quick:
+        args.flow_prompts = min(args.flow_prompts, 16)
+    flow_json = os.path.splitext(args.json)[0] + "_infoflow.json" if args.json and args.flow_prompts > 0 else None
+    preflight(outputs={"--json": args.json, "the information-flow file of --json": flow_json},
+              folders={"--plot": (args.plot, ["infoflow_entropy.png"]) if args.plot else None},
+              inputs={"--data": args.data, **{f"--checkpoint #{i + 1}": p for i, p in enumerate(args.checkpoint)}})
     if args.quick:
         args.prompts, args.seeds, args.flow_prompts = 32, [0], min(args.flow_prompts, 16)
     if args.plot:
@@ -322,9 +331,8 @@ def main():
         write_json(args.json, {"meta": meta, "rows": results})
         print(f"wrote {args.json}", file=sys.stderr)
         if flow:
-            flow_path = os.path.splitext(args.json)[0] + "_infoflow.json"
-            write_json(flow_path, flow)
-            print(f"wrote {flow_path}", file=sys.stderr)
+            write_json(flow_json, flow)
+            print(f"wrote {flow_json}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,10 @@ The 3-seed tables need nine training runs that are not shipped (runs/ is not in 
 are kept in studies/results/sink_seeds.json and studies/results/repeat_seeds.json, printed again by every run of
 this script, and remeasured only with --seeds.
 """
+from minidlm.cli import quiet_early_ctrl_c
+
+quiet_early_ctrl_c(__name__)  # before the heavy imports: a Ctrl-C while torch loads is one line
+
 import math
 import os
 import platform

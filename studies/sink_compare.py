@@ -20,6 +20,10 @@ largest content column mass, its value-norm ratio, mass on [SINK], against train
 averaged over an arm's seeds; `--plot DIR` draws it (sink_emergence.png, plot extra).
 Writes the rows, curves included, as JSON too (`--json`).
 """
+from minidlm.cli import quiet_early_ctrl_c
+
+quiet_early_ctrl_c(__name__)  # before the heavy imports: a Ctrl-C while torch loads is one line
+
 import json
 import math
 import os
@@ -189,14 +193,18 @@ def build_parser():
     return p
 
 
-def measure_arms(args):
+def parse_arms(args) -> dict:
+    """{arm name: [checkpoint paths]} from --arm NAME=PATH[,PATH...], else the default arms."""
+    if not args.arm:
+        return DEFAULT_ARMS
+    try:
+        return {name: paths.split(",") for name, paths in (a.split("=", 1) for a in args.arm)}
+    except ValueError:
+        die("--arm takes NAME=PATH[,PATH...]")
+
+
+def measure_arms(args, arms):
     """Measure every checkpoint of every arm; one aggregated row per arm."""
-    arms = DEFAULT_ARMS
-    if args.arm:
-        try:
-            arms = {name: paths.split(",") for name, paths in (a.split("=", 1) for a in args.arm)}
-        except ValueError:
-            die("--arm takes NAME=PATH[,PATH...]")
     try:
         device = pick_device(args.device)
     except ValueError as e:
@@ -254,10 +262,15 @@ def print_tables(rows, plot_folder):
 
 def main():
     args = build_parser().parse_args()
-    preflight(outputs=[args.json], folders=[args.plot], inputs=[args.from_json, args.data])
+    arms = {} if args.from_json else parse_arms(args)
+    checkpoints = {f"--arm {name}" + (f" #{i + 1}" if len(paths) > 1 else ""): path
+                   for name, paths in arms.items() for i, path in enumerate(paths)}
+    preflight(outputs={"--json": None if args.from_json else args.json},
+              folders={"--plot": (args.plot, ["sink_emergence.png"]) if args.plot else None},
+              inputs={"--from-json": args.from_json, "--data": args.data, **checkpoints})
     if args.plot:
         require_plot_extra()
-    rows = load_saved(args.from_json) if args.from_json else measure_arms(args)
+    rows = load_saved(args.from_json) if args.from_json else measure_arms(args, arms)
     print_tables(rows, args.plot)
     if args.json and not args.from_json:
         write_json(args.json, rows)
