@@ -24,6 +24,7 @@ a sample is the sampler's doing, not the data's.
 
 `load_text_file` and `split_train_val` let a user train on their own UTF-8 text file instead.
 """
+import codecs
 import functools
 import itertools
 import os
@@ -369,20 +370,38 @@ def grammatical_rate(texts: str | Iterable[str]) -> float:
 
 
 # ---- A user's own text --------------------------------------------------------------------------
+# byte-order marks, longest first (UTF-32-LE's begins with UTF-16-LE's): Windows PowerShell writes
+# UTF-16-LE with a BOM by default (`>` and Out-File), Notepad once wrote UTF-8 with one
+BOMS = [(codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"), (codecs.BOM_UTF8, "utf-8-sig"),
+        (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16")]
+
+
+def decode_text(raw: bytes, path: str) -> str:
+    """The text of a file's bytes: decoded by its byte-order mark (UTF-8, UTF-16 or UTF-32) if it
+    has one, else as UTF-8; line ends made \\n. A CorpusError if it is binary or not that encoding."""
+    encoding = next((name for bom, name in BOMS if raw.startswith(bom)), None)
+    if encoding is None and b"\0" in raw:
+        raise CorpusError(f"corpus file looks binary (it contains NUL bytes): {path}")
+    try:
+        text = raw.decode(encoding or "utf-8")
+    except UnicodeDecodeError as e:
+        raise CorpusError(f"corpus file is not valid {(encoding or 'utf-8').upper().replace('-SIG', '')} "
+                          f"(byte {e.start}): {path}") from None
+    if "\0" in text:
+        raise CorpusError(f"corpus file looks binary (it contains NUL characters): {path}")
+    return text.replace("\r\n", "\n")
+
+
 def load_text_file(path: str, min_chars: int = 2000) -> list[str]:
-    """A UTF-8 text file as documents: one per block of lines between blank lines."""
+    """A text file (UTF-8; or UTF-16/32 or UTF-8 with a byte-order mark) as documents: one per block
+    of lines between blank lines."""
     if not os.path.isfile(path):
         raise CorpusError(f"corpus file not found: {path}")
     with open(path, "rb") as f:
         raw = f.read()
-    if not raw.strip():
+    text = decode_text(raw, path).strip()
+    if not text:
         raise CorpusError(f"corpus file is empty: {path}")
-    if b"\0" in raw:
-        raise CorpusError(f"corpus file looks binary (it contains NUL bytes): {path}")
-    try:
-        text = raw.decode("utf-8").replace("\r\n", "\n").strip()
-    except UnicodeDecodeError as e:
-        raise CorpusError(f"corpus file is not valid UTF-8 (byte {e.start}): {path}") from None
     if len(text) < min_chars:
         raise CorpusError(f"corpus file has {len(text)} characters, needs {min_chars}: {path}")
     return [doc.strip() for doc in re.split(r"\n\s*\n", text) if doc.strip()]

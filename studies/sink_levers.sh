@@ -10,6 +10,8 @@
 # thread each (about 10 minutes on 2 cores): without a [SINK] and with the zero-value [SINK]; then
 # sink_compare.py measures the pair and draws its emergence curves into docs/levers/LEVER/.
 # Checkpoints and logs go to runs/levers/, the rows (curves included) to studies/results/levers/.
+# sh (dash on Debian and Ubuntu) has no pipefail and no [[ ]]: say so in one line, not a cryptic failure
+if [ -z "${BASH_VERSION:-}" ]; then echo "error: run it with bash: bash studies/sink_levers.sh LEVER..." >&2; exit 2; fi
 set -euo pipefail
 cd "$(dirname "$0")/.."
 LEVERS=" default backcopy pydoc wd0 lr2x heads8 seq512 depth12 backcopy-seeds backcopy-seed2 backcopy-long "

@@ -376,3 +376,75 @@ def test_prose_writes_the_documentation_that_ships_with_python(tmp_path):
 
 def test_prose_refuses_a_folder_as_its_output(tmp_path, script_run):
     assert_clean_error(script_run("minidlm/prose.py", "pydoc", str(tmp_path)), "folder")
+
+
+@pytest.mark.parametrize("content, needle", [
+    ("folder", "is a folder, not a file"),
+    ("truncate", "it is truncated"),
+    ("cut-end", "it is truncated"),
+    (b"", "the file is empty"),
+    (b"\x8f\x13 random bytes \x00\xff" * 50, "not a minidlm checkpoint"),
+    ("pickle", "not a minidlm checkpoint"),
+    ("objects", "not a minidlm checkpoint"),
+])
+def test_a_broken_checkpoint_says_what_is_wrong_in_one_line(checkpoint, tmp_path, content, needle, script_run):
+    import pickle
+    bad = tmp_path / "bad.pt"
+    good = checkpoint.read_bytes()
+    if content == "folder":
+        bad.mkdir()
+    elif content == "objects":  # a torch file, but of some other program: weights_only refuses it
+        torch.save({"layer": torch.nn.Linear(2, 2)}, bad)
+    else:
+        bad.write_bytes({"truncate": good[:1000], "cut-end": good[:-10],
+                         "pickle": pickle.dumps({"a": 1})}.get(content, content))
+    with pytest.raises(CheckpointError, match=needle):
+        load_model(str(bad))
+    r = script_run("sample.py", "--checkpoint", str(bad), "--gen-length", "8")
+    assert_clean_error(r, needle)
+    assert "weights_only" not in r.stderr and "Errno" not in r.stderr
+
+
+@pytest.mark.parametrize("meta, needle", [([1, 2], "metadata is a list"), ({"args": ["--data"]}, "'args' is a list"),
+                                          ({"metrics": 3.5}, "'metrics' is a float")])
+def test_checkpoint_metadata_of_the_wrong_type_is_one_line(tmp_path, meta, needle, script_run):
+    path = tmp_path / "odd.pt"
+    tok = Tokenizer.train([TEXT], vocab_size=300)
+    save_model(str(path), DiffusionLM(ModelConfig(vocab_size=tok.vocab_size, n_layer=1, n_head=2, d_model=16,
+                                                  max_seq_len=48)), tok, meta)
+    assert_clean_error(script_run("sample.py", "--checkpoint", str(path), "--cota"), needle)
+
+
+def test_checkpoint_metadata_without_args_is_fine(checkpoint, script_run):
+    """Older checkpoints lack fields; the scripts read each with a default (the --cota lesson and
+    the studies read meta['args'])."""
+    r = script_run("sample.py", "--checkpoint", str(checkpoint), "--cota", "--gen-length", "8")
+    assert r.returncode == 0, r.stderr
+
+
+def test_resume_from_a_state_without_what_training_needs_is_one_line(tmp_path, script_run):
+    from minidlm.checkpoint import atomic_save, state_path
+    data, out = tmp_path / "data.txt", tmp_path / "m.pt"
+    data.write_text(TEXT)
+    atomic_save({"args": {"out": str(out)}, "step": 3}, state_path(str(out)))
+    r = script_run("train_tiny.py", "--data", str(data), "--out", str(out), "--resume", *TINY)
+    assert_clean_error(r, "not a training state saved by train_tiny.py (it has no 'model')")
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-8-sig", "utf-16-be-bom", "utf-32"])
+def test_utf16_and_bom_text_is_read_as_text(tmp_path, encoding):
+    """Windows PowerShell's `>` writes UTF-16-LE with a byte-order mark; Notepad wrote UTF-8 with one."""
+    import codecs
+    from minidlm.corpus import load_text_file
+    plain, mine = tmp_path / "plain.txt", tmp_path / "mine.txt"
+    plain.write_bytes(TEXT.encode("utf-8"))
+    body = TEXT.replace("\n", "\r\n")
+    mine.write_bytes(codecs.BOM_UTF16_BE + body.encode("utf-16-be") if encoding == "utf-16-be-bom"
+                     else body.encode(encoding))
+    assert load_text_file(str(mine)) == load_text_file(str(plain))
+
+
+def test_sink_levers_under_sh_says_run_it_with_bash():
+    r = subprocess.run(["sh", "studies/sink_levers.sh", "default"], cwd=ROOT, capture_output=True, text=True,
+                       timeout=30)
+    assert r.returncode == 2 and r.stderr.strip() == "error: run it with bash: bash studies/sink_levers.sh LEVER..."

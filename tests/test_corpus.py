@@ -256,7 +256,8 @@ def test_load_text_file_splits_paragraphs(tmp_path):
     (b"", "empty"),
     (b"   \n\n  ", "empty"),
     (b"text\x00with a NUL byte " * 200, "binary"),
-    (b"\xff\xfe not utf-8 " * 200, "UTF-8"),
+    (b"caf\xe9 not utf-8 " * 200, "UTF-8"),  # Latin-1 (FF FE would be UTF-16's byte-order mark)
+    (b"\xff\xfe" + "odd length".encode("utf-16-le") * 200 + b"!", "UTF-16"),
     (b"too short", "characters"),
 ])
 def test_load_text_file_rejects_unusable_files(tmp_path, content, message):
