@@ -16,6 +16,7 @@ from minidlm.cli import quiet_early_ctrl_c
 
 quiet_early_ctrl_c(__name__)  # before the heavy imports: a Ctrl-C while torch loads is one line
 
+import argparse
 import sys
 
 import torch
@@ -28,7 +29,7 @@ from minidlm.cota import CTEV_MODES, CoTAConfig
 from minidlm.data import load_documents
 from minidlm.evaluate import continuation_text, held_out_prompts, plateau_warning
 from minidlm.holes import SYNTAX, HoleError, encode_canvas, filled_text, has_holes
-from minidlm.sampler import REMASKING, SamplerConfig, generate, infill
+from minidlm.sampler import MIN_TEMPERATURE, REMASKING, SamplerConfig, generate, infill
 from minidlm.repetition import clean_response, repetition_report
 from minidlm.animation import FrameRecorder, save_gif
 from minidlm.show import DenoisingView, marked_text
@@ -39,6 +40,15 @@ LESSON_PROMPT = "Tom had a red ball."  # the --cota lesson's prompt when none is
 LESSON_LENGTH = 64                     # its tokens per answer, as in the Repeat Curse study
 LESSON_HELD_OUT = 31                   # held-out prompts decoded beside it for the ARR
 PLOT_FILES = ("sink_trajectory.png", "attention_maps.png")  # what sinks.plot writes into --plot
+
+
+def temperature(text: str) -> float:
+    """An argparse `type`: 0 (greedy), or a number from MIN_TEMPERATURE to 1000."""
+    value = number(float, 0, 1000)(text)
+    if 0 < value < MIN_TEMPERATURE:
+        raise argparse.ArgumentTypeError(f"expected 0 (greedy) or a temperature >= {MIN_TEMPERATURE:g}, got "
+                                         f"{text} (logits / T would overflow; 0 decodes greedily)")
+    return value
 
 
 def build_parser():
@@ -61,7 +71,9 @@ def build_parser():
     p.add_argument("--block-length", type=positive_int, default=None,
                    help=f"semi-autoregressive block size, over the masked tokens in text order (default: "
                         f"{s.block_length} where it divides their number, else all of them in one block)")
-    p.add_argument("--temperature", type=number(float, 0, 1000), default=s.temperature, help="0 = greedy (default)")
+    p.add_argument("--temperature", type=temperature, default=s.temperature,
+                   help=f"0 = greedy (default); else from {MIN_TEMPERATURE:g} (below it logits / T overflows, "
+                        f"and sampling is greedy anyway) to 1000")
     p.add_argument("--remasking", default=s.remasking, choices=REMASKING)
     p.add_argument("--cache", default=None, choices=list(CACHES),
                    help="reuse work across steps: prefix/dual (Fast-dLLM) or feature (dLLM-Cache) "

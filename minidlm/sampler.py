@@ -11,6 +11,7 @@ steps each; a step commits the k most confident masked positions of the block, k
 even schedule (`transfer_schedule`). Every row has the same number of holes, so one batched
 `topk` commits k tokens per row: the step loop has no host sync and no Python loop over rows.
 """
+import math
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -48,6 +49,12 @@ def llada_generate(model, prompt, mask_id: int, gen_length=128, steps=128, block
 REMASKING = ("low_confidence", "random")
 
 
+# The smallest temperature but 0. Below it, logits / T overflows float64 (1e-320 made every positive
+# logit inf, and argmax then took the FIRST of them, not the largest), and long before that it
+# samples exactly what greedy decoding gives: use 0 for greedy.
+MIN_TEMPERATURE = 1e-6
+
+
 @dataclass
 class SamplerConfig:
     gen_length: int = 128
@@ -77,8 +84,8 @@ class SamplerConfig:
         if self.steps // num_blocks > self.block_length:
             raise ValueError(f"{self.steps // num_blocks} steps per block exceed the block length "
                              f"{self.block_length}: some steps would commit nothing")
-        if not self.temperature >= 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not (self.temperature == 0 or MIN_TEMPERATURE <= self.temperature < math.inf):
+            raise ValueError(f"temperature must be 0 (greedy) or from {MIN_TEMPERATURE:g} on, got {self.temperature}")
         if self.remasking not in REMASKING:
             raise ValueError(f"remasking must be one of {', '.join(REMASKING)}, got {self.remasking!r}")
         if self.cache not in CACHES:

@@ -76,3 +76,19 @@ def test_impossible_model_settings_are_refused_up_front(argv, message, capsys):
         importlib.import_module("train_tiny").parse_args(argv)
     err = capsys.readouterr().err
     assert e.value.code == 2 and message in err and err.count("\n") == 1, err
+
+
+def test_a_temperature_so_small_that_logits_over_t_overflow_is_refused(capsys):
+    """--temperature 1e-320 made logits / T inf, and argmax took the first inf, not the largest
+    logit. Refused in one line; from MIN_TEMPERATURE on, sampling is the greedy choice."""
+    import torch
+    from minidlm.sampler import MIN_TEMPERATURE, SamplerConfig, choose_tokens
+    with pytest.raises(SystemExit) as e:
+        importlib.import_module("sample").parse_args(["--temperature", "1e-320"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "0 decodes greedily" in err and err.count("\n") == 1, err
+    with pytest.raises(ValueError, match="0 .greedy."):
+        SamplerConfig(temperature=1e-320).validate(1, 1024)
+    logits = torch.randn(4, 16, 300) * 20
+    g = torch.Generator().manual_seed(0)
+    assert torch.equal(choose_tokens(logits, MIN_TEMPERATURE, g), logits.argmax(-1))
