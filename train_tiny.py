@@ -223,7 +223,20 @@ def load_data(args, state, device, say):
     if len(train_stream) < 2 * args.seq_len:
         die(f"training text has only {len(train_stream)} tokens; need at least {2 * args.seq_len} "
             f"for --seq-len {args.seq_len}")
-    val = fixed_windows(val_stream, min(args.seq_len, len(val_stream)), 32).to(device)
+    # The validation NELBO is a mean over windows, its error bar their spread: it needs two windows
+    # at least, each long enough to hold some context (32 tokens, or --seq-len if shorter). A held-out
+    # text shorter than two --seq-len windows is cut into two shorter ones (before, one window gave
+    # "+- nan"); one shorter than two such windows cannot measure anything.
+    need = 2 * min(32, args.seq_len)
+    if len(val_stream) < need:
+        die(f"the held-out 5 % of --data ({len(val_docs)} document(s)) has only "
+            f"{len(val_stream)} tokens; the validation NELBO and its error bar need at least {need} (two "
+            f"windows): give more text, or more documents (blank lines separate them)")
+    window = min(args.seq_len, len(val_stream) // 2)
+    if window < args.seq_len:
+        say(f"note: the held-out text has {len(val_stream)} tokens, under two --seq-len windows: validating "
+            f"on windows of {window} tokens")
+    val = fixed_windows(val_stream, window, 32).to(device)
     say(f"data: {len(train_docs)} train / {len(val_docs)} val documents, {len(train_stream):,} / "
         f"{len(val_stream):,} tokens, vocab {tokenizer.vocab_size} ({time.time() - t0:.1f}s)")
     return tokenizer, train_stream, val, val_docs

@@ -448,3 +448,18 @@ def test_sink_levers_under_sh_says_run_it_with_bash():
     r = subprocess.run(["sh", "studies/sink_levers.sh", "default"], cwd=ROOT, capture_output=True, text=True,
                        timeout=30)
     assert r.returncode == 2 and r.stderr.strip() == "error: run it with bash: bash studies/sink_levers.sh LEVER..."
+
+
+def test_a_held_out_text_too_short_to_measure_is_refused_or_cut_into_two_windows(tmp_path, script_run):
+    """One window gave 'val NELBO 7.9 +- nan': the error bar needs two. A held-out text under two
+    windows of 32 tokens is refused before training; one under two --seq-len windows is cut into
+    two shorter windows, and says so."""
+    data, out = tmp_path / "one.txt", tmp_path / "m.pt"
+    data.write_text(" ".join(f"The cat number {i} sat on the mat and looked at the sky." for i in range(60)))
+    assert_clean_error(script_run("train_tiny.py", "--data", str(data), "--out", str(out), *TINY),
+                       "has only")
+    data.write_text(TEXT)  # 5 held-out stories: about 130 tokens, under two windows of 128
+    r = script_run("train_tiny.py", "--data", str(data), "--out", str(out), "--steps", "1",
+                   *TINY[:6], "--seq-len", "128", *TINY[8:])
+    assert r.returncode == 0, r.stderr
+    assert "validating on windows of" in r.stderr and "nan" not in r.stderr, r.stderr
