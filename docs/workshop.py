@@ -26,7 +26,8 @@
 # 7. infilling
 #
 # This file is `docs/workshop.py` (Jupytext percent format) paired with `docs/workshop.ipynb`;
-# after editing the `.py`, run `jupytext --to ipynb docs/workshop.py`. Every cell calls the
+# after editing the `.py`, run `jupytext --update --to ipynb docs/workshop.py` (`--update` keeps the
+# cell ids, so the diff stays small; commit the `.ipynb` without outputs). Every cell calls the
 # `minidlm` package; read the functions it names in `minidlm/`.
 
 # %% [markdown]
@@ -128,9 +129,9 @@ ax.legend(fontsize=8, loc="center left")
 plt.show()
 
 # %% [markdown]
-# **Exercise 1.** Rerun the first cell with other seeds (`manual_seed(1)`, `2`, ...). How many
-# tokens are masked at t = 0.5 on average, and how far from it does one draw land? Then: why
-# does the curve at t = 0.95 stay a little below the word-frequency line? (What does the model
+# **Exercise 1.** Rerun the forward-process cell (the one with t = 0.2, 0.5, 0.9) with other
+# seeds (`manual_seed(1)`, `2`, ...). How many tokens are masked at t = 0.5 on average, and how
+# far from it does one draw land? Then: why does the curve at t = 0.95 stay a little below the word-frequency line? (What does the model
 # still see when 95 % of the text is masked?)
 
 # %% [markdown]

@@ -106,17 +106,38 @@ def test_sink_probe_summarises_every_step(sink):
     assert ("sink_mass" in summary) == sink
 
 
+NOTEBOOK, SCRIPT = os.path.join(ROOT, "docs", "workshop.ipynb"), os.path.join(ROOT, "docs", "workshop.py")
+
+
+def test_the_notebook_is_committed_without_outputs():
+    import json
+    with open(NOTEBOOK, encoding="utf-8") as f:
+        cells = json.load(f)["cells"]
+    code = [c for c in cells if c["cell_type"] == "code"]
+    assert code and all(c["outputs"] == [] and c["execution_count"] is None for c in code)
+
+
+def test_the_notebook_is_its_script_converted():
+    """docs/workshop.ipynb is `jupytext --update --to ipynb docs/workshop.py`: the same cells, same sources."""
+    jupytext = pytest.importorskip("jupytext")
+    nbformat = pytest.importorskip("nbformat")
+    script, notebook = jupytext.read(SCRIPT), nbformat.read(NOTEBOOK, as_version=4)
+    assert [(c.cell_type, c.source) for c in script.cells] == [(c.cell_type, c.source) for c in notebook.cells], \
+        "docs/workshop.ipynb is out of date: run jupytext --update --to ipynb docs/workshop.py"
+
+
 @pytest.mark.slow
 def test_the_workshop_notebook_runs_end_to_end(tmp_path, monkeypatch):
     """docs/workshop.ipynb top to bottom with a small budget (18 s of training, fewer prompts),
     from the repository root: any cell error fails the test."""
     nbclient = pytest.importorskip("nbclient")
     nbformat = pytest.importorskip("nbformat")
+    pytest.importorskip("ipykernel")
     pytest.importorskip("matplotlib")
     for name, value in {"WORKSHOP_TRAIN_MINUTES": "0.3", "WORKSHOP_FAST": "1",
                         "WORKSHOP_RUN_DIR": str(tmp_path)}.items():
         monkeypatch.setenv(name, value)  # the kernel inherits the environment
-    nb = nbformat.read(os.path.join(ROOT, "docs", "workshop.ipynb"), as_version=4)
+    nb = nbformat.read(NOTEBOOK, as_version=4)
     client = nbclient.NotebookClient(nb, timeout=900, kernel_name="python3",
                                      resources={"metadata": {"path": ROOT}})
     client.execute()  # raises CellExecutionError on the first failing cell
