@@ -236,6 +236,13 @@ def check_readable_file(path: str, what: str = "file"):
     return None
 
 
+def numbered(label: str, paths) -> dict:
+    """{label: path} for one path, {"label #1": path, "label #2": ...} for several: the labels of a
+    flag that takes several paths, for `preflight`."""
+    paths = list(paths)
+    return {label: paths[0]} if len(paths) == 1 else {f"{label} #{i + 1}": p for i, p in enumerate(paths)}
+
+
 def _named(entries):
     """[(label, path)] from a {label: path} dict or a list of paths (label None); None paths dropped."""
     pairs = entries.items() if isinstance(entries, dict) else ((None, p) for p in entries)

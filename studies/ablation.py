@@ -32,9 +32,9 @@ import statistics
 import subprocess
 import sys
 
-from minidlm.checkpoint import read
+from minidlm.checkpoint import CheckpointError, read
 from minidlm.train import TrainConfig
-from minidlm.cli import ArgumentParser, cell, die, number, preflight, run_main, write_json
+from minidlm.cli import ArgumentParser, cell, die, number, numbered, preflight, run_main, write_json
 
 # key: (what it shows, train_tiny.py flags on top of the default recipe)
 # the first round: AdamW 2e-3 with a linear warm-up over the first 1/8 of the run (100 of its 800
@@ -61,7 +61,10 @@ def run(flags, out, log):
     """Train (or reuse a finished run of exactly this command at `out`) and return its metrics."""
     command = [sys.executable, "train_tiny.py", "--out", out, "--force", *flags]
     shown = "python " + " ".join(shlex.quote(a) for a in command[1:])  # as train_tiny records it
-    done = os.path.exists(out) and read(out)["meta"]
+    try:
+        done = os.path.exists(out) and read(out)["meta"]
+    except (CheckpointError, KeyError, TypeError):  # not a finished run of ours: train it again
+        done = None
     if done and done.get("command") == shown and done.get("metrics"):
         print(f"reusing {out}", file=sys.stderr, flush=True)
     else:
@@ -110,7 +113,7 @@ def build_parser():
 def main():
     args = build_parser().parse_args()
     preflight(outputs={"--json": None if args.from_json else args.json},
-              inputs={"--data": args.data, **{f"--from-json #{i + 1}": p for i, p in enumerate(args.from_json or [])}})
+              inputs={"--data": args.data, **numbered("--from-json", args.from_json or [])})
     if args.from_json:
         try:
             saved = []

@@ -24,8 +24,7 @@ import re
 import sys
 
 from minidlm.checkpoint import CheckpointError, load_model
-from minidlm.cli import (ArgumentParser, cell, die, number, pick_device, preflight, run_main,
-                         write_json)
+from minidlm.cli import ArgumentParser, cell, die, number, numbered, pick_device, preflight, run_main, write_json
 from minidlm.corpus import NAMES, STORY_WORDS, is_grammatical, split_sentences
 from minidlm.data import load_documents
 from minidlm.holes import encode_canvas, filled_text
@@ -132,7 +131,7 @@ def main():
         preflight(inputs={"--from-json": args.from_json})
         return print_saved(args.from_json)
     preflight(outputs={"--json": args.json},
-              inputs={f"--checkpoint #{i + 1}": p for i, p in enumerate(args.checkpoint)})
+              inputs=numbered("--checkpoint", args.checkpoint))
     try:
         device = pick_device(args.device)
         models = [load_model(path, device) for path in args.checkpoint]

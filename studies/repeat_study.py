@@ -30,8 +30,8 @@ import random
 import sys
 
 from minidlm.checkpoint import CheckpointError, load_model
-from minidlm.cli import (SEED, ArgumentParser, cell, die, number, pick_device, positive_int, preflight, pyplot,
-                         require_plot_extra, run_main, save_figure, timed, write_json)
+from minidlm.cli import (SEED, ArgumentParser, cell, die, number, numbered, pick_device, positive_int, preflight,
+                         pyplot, require_plot_extra, run_main, save_figure, timed, write_json)
 from minidlm.corpus import CorpusError, grammatical_rate
 from minidlm.cota import CoTAConfig
 from minidlm.data import load_documents
@@ -277,7 +277,7 @@ def main():
     flow_json = os.path.splitext(args.json)[0] + "_infoflow.json" if args.json and args.flow_prompts > 0 else None
     preflight(outputs={"--json": args.json, "the information-flow file of --json": flow_json},
               folders={"--plot": (args.plot, ["infoflow_entropy.png"]) if args.plot else None},
-              inputs={"--data": args.data, **{f"--checkpoint #{i + 1}": p for i, p in enumerate(args.checkpoint)}})
+              inputs={"--data": args.data, **numbered("--checkpoint", args.checkpoint)})
     if args.quick:
         args.prompts, args.seeds, args.flow_prompts = 32, [0], min(args.flow_prompts, 16)
     if args.plot:

@@ -201,7 +201,10 @@ def shipped_models_table(windows_n=32, n_mc=16):
     lines = ["| checkpoint | command | steps x tokens | training time | val NELBO (bits/token) | "
              "unigram entropy (bits/token) | grammatical |", "|---|---|---|---|---|---|---|"]
     for path in SHIPPED:
-        model, tok, meta = load_model(path)
+        try:
+            model, tok, meta = load_model(path)
+        except CheckpointError as e:
+            die(f"{e} (restore it with git checkout, or pass --retrain)")
         m, args = meta.get("metrics", {}), meta.get("args", {})
         windows = fixed_windows(token_stream(tok, load_documents(args.get("data"))[1]), model.cfg.max_seq_len,
                                 windows_n)

@@ -33,8 +33,8 @@ import sys
 import torch
 
 from minidlm.checkpoint import CheckpointError, load_model
-from minidlm.cli import (ArgumentParser, cell, die, number, pick_device, preflight, pyplot, require_plot_extra,
-                         run_main, save_figure, write_json)
+from minidlm.cli import (ArgumentParser, cell, die, number, numbered, pick_device, preflight, pyplot,
+                         require_plot_extra, run_main, save_figure, write_json)
 from minidlm.corpus import CorpusError
 from minidlm.data import fixed_windows, load_documents, token_stream
 from minidlm.diffusion import evaluate_nelbo
@@ -263,8 +263,8 @@ def print_tables(rows, plot_folder):
 def main():
     args = build_parser().parse_args()
     arms = {} if args.from_json else parse_arms(args)
-    checkpoints = {f"--arm {name}" + (f" #{i + 1}" if len(paths) > 1 else ""): path
-                   for name, paths in arms.items() for i, path in enumerate(paths)}
+    checkpoints = {label: path for name, paths in arms.items()
+                   for label, path in numbered(f"--arm {name}", paths).items()}
     preflight(outputs={"--json": None if args.from_json else args.json},
               folders={"--plot": (args.plot, ["sink_emergence.png"]) if args.plot else None},
               inputs={"--from-json": args.from_json, "--data": args.data, **checkpoints})

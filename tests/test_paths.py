@@ -146,6 +146,7 @@ def test_two_outs_sharing_one_state_file_cannot_replace_the_first_runs_state(tmp
     ("studies/repeat_study.py", ["--data", "{d}/r_infoflow.json", "--json", "{d}/r.json"], "information-flow"),
     ("studies/infill_study.py", ["--checkpoint", "{x}", "--json", "{x}"], "same file as --checkpoint"),
     ("studies/sink_compare.py", ["--arm", "a={y},{x}", "--json", "{x}"], "--arm a #2"),
+    ("studies/infill_study.py", ["--checkpoint", "{d}", "--json", "{x}"], "is a folder, not a file"),
     ("studies/sink_compare.py", ["--data", "{x}", "--json", "{x}"], "same file as --data"),
     ("studies/ablation.py", ["--data", "{x}", "--json", "{x}"], "same file as --data"),
 ])
