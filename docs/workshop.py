@@ -118,9 +118,12 @@ windows = fixed_windows(token_stream(tok, val_docs), 256, 32)  # 32 validation w
 unigram = unigram_entropy_bits(windows, tok.vocab_size)
 ts = [0.05 + 0.1 * i for i in range(10)]
 bits = nelbo_by_t(shipped, windows, tok.mask_id, ts)
-nats, se = evaluate_nelbo(shipped, windows, tok.mask_id, n_mc=4)
+with torch.no_grad():  # one draw of the objective: one t per window, stratified over the 32
+    one_draw = nelbo_loss(shipped, windows, tok.mask_id, torch.Generator().manual_seed(0)).item() / math.log(2)
+nats, se = evaluate_nelbo(shipped, windows, tok.mask_id, n_mc=4)  # 4 draws per window, Eq. 6
 nelbo = nats / math.log(2)
-print(f"validation NELBO {nelbo:.3f} bits/token against {unigram:.2f} for word frequencies alone")
+print(f"nelbo_loss, one draw: {one_draw:.2f} bits/token; evaluate_nelbo: {nelbo:.2f} +- {se / math.log(2):.2f} "
+      f"bits/token; word frequencies alone: {unigram:.2f} bits/token")
 
 fig, ax = plt.subplots(figsize=(7, 4))
 plot_nelbo_by_t(ax, ts, bits, nelbo, unigram)
@@ -131,8 +134,8 @@ plt.show()
 # %% [markdown]
 # **Exercise 1.** Rerun the forward-process cell (the one with t = 0.2, 0.5, 0.9) with other
 # seeds (`manual_seed(1)`, `2`, ...). How many tokens are masked at t = 0.5 on average, and how
-# far from it does one draw land? Then: why does the curve at t = 0.95 stay a little below the word-frequency line? (What does the model
-# still see when 95 % of the text is masked?)
+# far from it does one draw land? Then: why does the curve at t = 0.95 stay well below the
+# word-frequency line? (What does the model still see when 95 % of the text is masked?)
 
 # %% [markdown]
 # ## 2. Train a model (about 3 minutes)
@@ -316,9 +319,11 @@ for r in curse:
 # The probe (`minidlm/sinks.py`) records where the attention piles up at every step.
 #
 # **Where the top sink sits, per step.** One line per layer: the position of the key that gets the
-# most attention (averaged over heads), at each of 64 steps, for a story started from nothing (the
-# prompt is only the start-of-story mark at position 0, below the dotted line). Look for flat runs and jumps: a sink holds a position for a while, then moves,
-# often to a token just written. First `tiny.pt`, then `tiny-sink.pt`.
+# most attention (averaged over heads) at each of 64 steps, for a story started from nothing (the
+# prompt is only the start-of-story mark at position 0, below the dotted line). Look for flat runs
+# and jumps: a sink holds a position for a while, then moves. In the first steps several layers
+# park on position 64, the last still-masked slot; later the sinks sit on tokens already written
+# and step further right as the text fills in. First `tiny.pt`, then `tiny-sink.pt`.
 
 # %%
 display(Markdown("**checkpoints/tiny.pt** (no [SINK])"), Image(filename="docs/sink_trajectory.png", width=620))
@@ -381,11 +386,11 @@ for before, after in stories:
 
 # %% [markdown]
 # What to see: cut at the hole, the model may not even know that a name belongs there; with the
-# later text, the filled sentence fits what follows more often (over 174
-# held-out stories, a blanked hero's sentence is grammatical 55.7 % of the time with the later text
-# against 10.0 % without; `python -m studies.infill_study`), but the model rarely copies the name
-# or object that the later text gives away: it learned the local grammar, not to carry a word from
-# one sentence to another (`docs/infilling.md`).
+# later text, the filled sentence fits what follows more often (over 174 held-out stories, a
+# blanked hero's sentence is grammatical 55.7 % of the time with the later text against 10.0 %
+# without; `python -m studies.infill_study`). But the model rarely copies the name or object that
+# the later text gives away: it learned the local grammar, not to carry a word from one sentence
+# to another (`docs/infilling.md`).
 #
 # **Exercise 7** (README exercise 6). Both sides, sampled: fill
 # `"There was a boy named Tom. <|hole:8|> Tom put the ball under the bed."` five times with
