@@ -19,8 +19,11 @@ and with --no-bf16. Weights, optimizer and evaluation stay float32.
 
 Progress goes to stderr; the model is saved atomically to --out (plus a resumable .state.pt beside
 it) at every evaluation. Ctrl-C finishes the current step, saves, prints the --resume command and
-exits 130. --out must not exist unless --resume or --force. `--curve-every N` also logs the
-attention-sink emergence curve (the sink study's instrumentation) every N steps.
+exits 130. --out (and its .state.pt) must not exist unless --resume or --force; neither may be the
+--data file, however spelled. Two --out names can share one state file (runs/a.pt and runs/a.pth:
+runs/a.state.pt); a state file that records another --out which still exists is never replaced,
+not even with --force. `--curve-every N` also logs the attention-sink emergence curve (the sink
+study's instrumentation) every N steps.
 
 Reading order: `main` sets up, `Run.train` is the loop (`train_step` in minidlm/train.py is one
 step), `Run.finish` evaluates and saves.
