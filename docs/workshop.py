@@ -303,7 +303,9 @@ for r in curse:
 # paper's CoTA makes it **worse** on this 8-layer model (its entropy penalty steers commits next to
 # the newest token, whose masked neighbours the cache has not refreshed); stale-first, which
 # repairs the staleness itself, brings it back near zero. 32 prompts are noisy: the study in
-# `docs/repeat-curse.md` uses 200 and three model seeds.
+# `docs/repeat-curse.md` uses 200 and three model seeds. And the ARR counts only adjacent equal
+# tokens: a whole sentence said twice in a row (as the no-cache answer may do) scores nothing;
+# `seq_rep_4` in the same report catches that.
 #
 # **Exercise 5** (README exercise 1). Staleness and the curse: add rows with
 # `cache_kr=1` and `cache_kr=3` to `modes` (or run
