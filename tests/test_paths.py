@@ -23,7 +23,7 @@ sys.path.insert(0, ROOT)
 
 @pytest.fixture(scope="module")
 def tree():
-    """root/d/{x.txt, y.txt, x.state.pt}, root/sub/, root/link -> d/x.txt, root/dlink -> d."""
+    """root/d/{x.txt, y.txt, x.state.pt}, root/sub/, root/link -> d/x.txt, root/dlink -> d, root/hard."""
     root = os.path.realpath(tempfile.mkdtemp(prefix="minidlm-paths-"))
     os.makedirs(os.path.join(root, "d"))
     os.makedirs(os.path.join(root, "sub"))
@@ -32,6 +32,7 @@ def tree():
             f.write("a student's work\n")
     os.symlink(os.path.join(root, "d", "x.txt"), os.path.join(root, "link"))
     os.symlink(os.path.join(root, "d"), os.path.join(root, "dlink"))
+    os.link(os.path.join(root, "d", "x.txt"), os.path.join(root, "hard"))  # a second name of x.txt
     yield root
     for dirpath, dirnames, filenames in os.walk(root, topdown=False):
         for name in filenames + dirnames:
@@ -54,11 +55,11 @@ def spelling(draw, name):
 
 
 def x_spelling(root, s):
-    """Also the symlink root/link, which points at root/d/x.txt."""
-    return os.path.join(root, "link") if s is None else s(root)
+    """Also the symlink root/link, which points at root/d/x.txt, and its hard link root/hard."""
+    return os.path.join(root, s) if isinstance(s, str) else s(root)
 
 
-x_or_link = st.one_of(st.none(), spelling("x.txt"))
+x_or_link = st.one_of(st.sampled_from(["link", "hard"]), spelling("x.txt"))
 
 
 @given(a=x_or_link, b=x_or_link)
