@@ -28,8 +28,9 @@ import time
 import torch
 
 from minidlm.checkpoint import CheckpointError, load_model
-from minidlm.cli import (ArgumentParser, die, number, pick_device, positive_int, preflight,
-                         run_main, synchronize, timed, write_json)
+from minidlm.cli import (ArgumentParser, die, number, pick_device, positive_int, run_main,
+                         synchronize, timed)
+from minidlm.files import preflight, write_json
 from minidlm.data import load_documents
 from minidlm.sampler import SamplerConfig, generate, llada_generate
 

@@ -22,8 +22,9 @@ import sys
 import torch
 
 from minidlm.checkpoint import CheckpointError, load_model
-from minidlm.cli import (SEED, ArgumentParser, die, number, pick_device, positive_int, preflight,
+from minidlm.cli import (SEED, ArgumentParser, die, number, pick_device, positive_int,
                          require_plot_extra, run_main, timed)
+from minidlm.files import preflight
 from minidlm.cache import CACHES
 from minidlm.cota import CTEV_MODES, CoTAConfig
 from minidlm.data import load_documents

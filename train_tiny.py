@@ -43,8 +43,9 @@ from functools import partial
 import torch
 
 from minidlm.checkpoint import CheckpointError, atomic_save, read, save_model, state_path
-from minidlm.cli import (SEED, ArgumentParser, GracefulStop, check_readable_file, die, number, pick_device,
-                         positive_int, preflight, run_main, same_file)
+from minidlm.cli import (SEED, ArgumentParser, GracefulStop, die, number, pick_device, positive_int,
+                         run_main)
+from minidlm.files import check_readable_file, preflight, same_file
 from minidlm.corpus import CorpusError
 from minidlm.data import fixed_windows, load_documents, random_windows, token_stream
 from minidlm.diffusion import evaluate_nelbo

@@ -97,7 +97,8 @@ def copy_accuracy(model, tokenizer, docs, trigger_words, max_docs: int = 200, se
 
 
 def main():
-    from .cli import ArgumentParser, number, preflight, run_main, write_text
+    from .cli import ArgumentParser, number, run_main
+    from .files import preflight, write_text
     p = ArgumentParser(description="Write Guo et al.'s bigram-backcopy task (dormant heads) as a text file.")
     p.add_argument("out", nargs="?", help="the text file to write")
     p.add_argument("--docs", type=number(int, 1, 10**6), default=4000, help="documents (default %(default)s)")
@@ -123,7 +124,8 @@ def main():
 def score(args):
     """--score: on the validation documents the checkpoint's own training run held out."""
     from .checkpoint import CheckpointError, load_model
-    from .cli import die, preflight
+    from .cli import die
+    from .files import preflight
     from .corpus import CorpusError
     from .data import load_documents
     preflight(inputs=[args.score])

@@ -16,7 +16,7 @@ from dataclasses import asdict
 
 import torch
 
-from .cli import atomic_write
+from .files import atomic_write
 from .model import DiffusionLM, ModelConfig
 from .tokenizer import Tokenizer
 
@@ -30,7 +30,7 @@ class CheckpointError(Exception):
 
 
 def atomic_save(obj, path: str):
-    """torch.save(obj) to `path`, atomically (cli.atomic_write)."""
+    """torch.save(obj) to `path`, atomically (files.atomic_write)."""
     atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 

@@ -74,7 +74,8 @@ def main():
     (64 tokens in 2 blocks of 32, as train_tiny.py measures it) on N held-out prompts of the
     embedded corpus, for each checkpoint: one line each."""
     from .checkpoint import CheckpointError, load_model
-    from .cli import ArgumentParser, die, number, preflight, run_main
+    from .cli import ArgumentParser, die, number, run_main
+    from .files import preflight
     from .data import load_documents
     p = ArgumentParser(description="Grammatical rate of greedy samples on held-out prompts.")
     p.add_argument("checkpoints", nargs="+")

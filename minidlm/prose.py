@@ -42,7 +42,8 @@ def stdlib_text(min_chars: int = 200) -> str:
 
 
 def main():
-    from .cli import ArgumentParser, preflight, run_main, write_text
+    from .cli import ArgumentParser, run_main
+    from .files import preflight, write_text
     p = ArgumentParser(description="Write English prose that ships with Python to a text file.")
     p.add_argument("source", choices=["pydoc", "stdlib"])
     p.add_argument("out", help="the text file to write")

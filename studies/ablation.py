@@ -34,7 +34,8 @@ import sys
 
 from minidlm.checkpoint import CheckpointError, read
 from minidlm.train import TrainConfig
-from minidlm.cli import ArgumentParser, cell, die, number, numbered, preflight, run_main, write_json
+from minidlm.cli import ArgumentParser, cell, die, number, run_main
+from minidlm.files import numbered, preflight, write_json
 
 # key: (what it shows, train_tiny.py flags on top of the default recipe)
 # the first round: AdamW 2e-3 with a linear warm-up over the first 1/8 of the run (100 of its 800

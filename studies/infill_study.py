@@ -24,7 +24,8 @@ import re
 import sys
 
 from minidlm.checkpoint import CheckpointError, load_model
-from minidlm.cli import ArgumentParser, cell, die, number, numbered, pick_device, preflight, run_main, write_json
+from minidlm.cli import ArgumentParser, cell, die, number, pick_device, run_main
+from minidlm.files import numbered, preflight, write_json
 from minidlm.corpus import NAMES, STORY_WORDS, is_grammatical, split_sentences
 from minidlm.data import load_documents
 from minidlm.holes import encode_canvas, filled_text

@@ -30,8 +30,9 @@ import random
 import sys
 
 from minidlm.checkpoint import CheckpointError, load_model
-from minidlm.cli import (SEED, ArgumentParser, cell, die, number, numbered, pick_device, positive_int, preflight,
-                         pyplot, require_plot_extra, run_main, save_figure, timed, write_json)
+from minidlm.cli import (SEED, ArgumentParser, cell, die, number, pick_device, positive_int, pyplot,
+                         require_plot_extra, run_main, save_figure, timed)
+from minidlm.files import numbered, preflight, write_json
 from minidlm.corpus import CorpusError, grammatical_rate
 from minidlm.cota import CoTAConfig
 from minidlm.data import load_documents

@@ -33,7 +33,8 @@ from minidlm.checkpoint import CheckpointError, atomic_save, load_model, read
 from minidlm.data import fixed_windows, load_documents, token_stream
 from minidlm.diffusion import evaluate_nelbo
 from minidlm.evaluate import unigram_entropy_bits
-from minidlm.cli import ArgumentParser, die, preflight, run_main
+from minidlm.cli import ArgumentParser, die, run_main
+from minidlm.files import preflight
 
 PY = sys.executable
 SHIPPED = ["checkpoints/tiny.pt", "checkpoints/tiny-sink.pt"]

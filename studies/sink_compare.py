@@ -33,8 +33,9 @@ import sys
 import torch
 
 from minidlm.checkpoint import CheckpointError, load_model
-from minidlm.cli import (ArgumentParser, cell, die, number, numbered, pick_device, preflight, pyplot,
-                         require_plot_extra, run_main, save_figure, write_json)
+from minidlm.cli import (ArgumentParser, cell, die, number, pick_device, pyplot, require_plot_extra,
+                         run_main, save_figure)
+from minidlm.files import numbered, preflight, write_json
 from minidlm.corpus import CorpusError
 from minidlm.data import fixed_windows, load_documents, token_stream
 from minidlm.diffusion import evaluate_nelbo

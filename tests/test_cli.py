@@ -339,7 +339,7 @@ def test_unwritable_out_is_refused_before_any_work(tmp_path, script_run):
 @pytest.mark.parametrize("writer", ["checkpoint", "json", "figure"])
 def test_a_save_that_fails_half_way_leaves_the_old_file_and_no_debris(writer, tmp_path, monkeypatch):
     """The atomic writes: a crash after half the bytes keeps the previous file intact."""
-    from minidlm import checkpoint, cli
+    from minidlm import checkpoint, cli, files
     path = tmp_path / {"checkpoint": "a.pt", "json": "a.json", "figure": "a.png"}[writer]
     path.write_bytes(b"the previous version")
 
@@ -352,8 +352,8 @@ def test_a_save_that_fails_half_way_leaves_the_old_file_and_no_debris(writer, tm
         monkeypatch.setattr(checkpoint.torch, "save", half_then_crash)
         call = lambda: checkpoint.atomic_save({"x": 1}, str(path))
     elif writer == "json":
-        monkeypatch.setattr(cli.json, "dump", half_then_crash)
-        call = lambda: cli.write_json(str(path), {"x": 1})
+        monkeypatch.setattr(files.json, "dump", half_then_crash)
+        call = lambda: files.write_json(str(path), {"x": 1})
     else:
         class Figure:
             def savefig(self, target, dpi):

@@ -1,6 +1,6 @@
 """Nothing a student types destroys their work: an output that is one of the run's inputs, or
-another of its outputs, however it is spelled, is refused in one line before any work (cli.preflight,
-cli.path_clash); a FIFO or a device is written, never replaced; a symlink is written through.
+another of its outputs, however it is spelled, is refused in one line before any work (files.preflight,
+files.path_clash); a FIFO or a device is written, never replaced; a symlink is written through.
 In-process and fast: the path checks are called directly, or the scripts' own preflight."""
 import io
 import json
@@ -14,7 +14,7 @@ import threading
 import pytest
 from hypothesis import given, strategies as st
 
-from minidlm import cli
+from minidlm import cli, files
 from minidlm.checkpoint import atomic_save, state_path
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -65,17 +65,17 @@ x_or_link = st.one_of(st.sampled_from(["link", "hard"]), spelling("x.txt"))
 @given(a=x_or_link, b=x_or_link)
 def test_an_output_that_is_an_input_or_another_output_is_refused_however_spelled(tree, a, b):
     out, data = x_spelling(tree, a), x_spelling(tree, b)
-    clash = cli.path_clash(outputs={"--out": out}, inputs={"--data": data})
+    clash = files.path_clash(outputs={"--out": out}, inputs={"--data": data})
     assert clash and "--out" in clash and "--data" in clash and "destroy" in clash
-    clash = cli.path_clash(outputs={"--json": out, "--save": data})
+    clash = files.path_clash(outputs={"--json": out, "--save": data})
     assert clash and "replace the other" in clash
 
 
 @given(a=x_or_link, b=spelling("y.txt"))
 def test_different_files_do_not_clash(tree, a, b):
     out, data = x_spelling(tree, a), b(tree)
-    assert cli.path_clash(outputs={"--out": out}, inputs={"--data": data, "--checkpoint": data}) is None
-    assert cli.path_clash(outputs=[out, data]) is None
+    assert files.path_clash(outputs={"--out": out}, inputs={"--data": data, "--checkpoint": data}) is None
+    assert files.path_clash(outputs=[out, data]) is None
 
 
 @given(out=st.sampled_from(["x.pt", "x.pth", "x", "x.ckpt"]).flatmap(spelling),
@@ -172,20 +172,20 @@ def test_output_target_decides_per_kind_of_file(tmp_path):
     target.write_text("{}")
     os.symlink(target, link)
     os.mkfifo(fifo)
-    assert cli.output_target(str(target)) == ("replace", str(target))
-    assert cli.output_target(str(tmp_path / "new.json")) == ("replace", str(tmp_path / "new.json"))
-    assert cli.output_target(str(link)) == ("replace", os.path.realpath(link))  # written through
-    assert cli.output_target(str(fifo)) == ("direct", str(fifo))
-    assert cli.output_target(os.devnull)[0] == "direct"  # only stat()ed: nothing is written there
-    assert cli.output_target(str(tmp_path))[0] == "refuse"
-    assert cli.check_writable(os.devnull) is None and cli.check_writable(str(fifo)) is None
+    assert files.output_target(str(target)) == ("replace", str(target))
+    assert files.output_target(str(tmp_path / "new.json")) == ("replace", str(tmp_path / "new.json"))
+    assert files.output_target(str(link)) == ("replace", os.path.realpath(link))  # written through
+    assert files.output_target(str(fifo)) == ("direct", str(fifo))
+    assert files.output_target(os.devnull)[0] == "direct"  # only stat()ed: nothing is written there
+    assert files.output_target(str(tmp_path))[0] == "refuse"
+    assert files.check_writable(os.devnull) is None and files.check_writable(str(fifo)) is None
 
 
 def test_a_block_device_or_socket_is_refused(tmp_path, monkeypatch):
     real_stat = os.stat
-    monkeypatch.setattr(cli.os, "stat", lambda p, *a, **k: os.stat_result(
+    monkeypatch.setattr(files.os, "stat", lambda p, *a, **k: os.stat_result(
         (stat.S_IFBLK | 0o660,) + tuple(real_stat(tmp_path))[1:]))
-    how, why = cli.output_target("/dev/sdz")
+    how, why = files.output_target("/dev/sdz")
     assert how == "refuse" and "block device" in why
 
 
@@ -195,7 +195,7 @@ def test_a_fifo_is_written_and_stays_a_fifo(tmp_path):
     got = []
     reader = threading.Thread(target=lambda: got.append(open(fifo).read()), daemon=True)
     reader.start()
-    cli.write_json(str(fifo), {"rows": [1, 2]})
+    files.write_json(str(fifo), {"rows": [1, 2]})
     reader.join(timeout=10)
     assert json.loads(got[0]) == {"rows": [1, 2]} and stat.S_ISFIFO(os.lstat(fifo).st_mode)
     assert os.listdir(tmp_path) == ["out.json"]  # no temporary file left beside it
@@ -206,19 +206,19 @@ def test_a_symlink_is_written_through_and_stays_a_link(tmp_path):
     target.parent.mkdir()
     target.write_text("old")
     os.symlink(target, link)
-    cli.write_json(str(link), {"new": True})
+    files.write_json(str(link), {"new": True})
     assert os.path.islink(link) and json.loads(target.read_text()) == {"new": True}
     dangling = tmp_path / "dangling.json"
     os.symlink(tmp_path / "later.json", dangling)  # a link to a file not there yet: created there
-    cli.write_json(str(dangling), [1])
+    files.write_json(str(dangling), [1])
     assert os.path.islink(dangling) and json.loads((tmp_path / "later.json").read_text()) == [1]
 
 
 def test_two_outputs_on_one_device_do_not_clash(tmp_path):
     fifo = tmp_path / "f"
     os.mkfifo(fifo)
-    assert cli.path_clash(outputs={"--json": str(fifo), "--save": str(fifo)}) is None
-    assert cli.path_clash(outputs={"--json": os.devnull, "--save": os.devnull}) is None
+    assert files.path_clash(outputs={"--json": str(fifo), "--save": str(fifo)}) is None
+    assert files.path_clash(outputs={"--json": os.devnull, "--save": os.devnull}) is None
 
 
 # ---- tracebacks: a closed pipe, Ctrl-C while torch loads -----------------------------------------
