@@ -23,7 +23,8 @@ exits 130. --out (and its .state.pt) must not exist unless --resume or --force; 
 --data file, however spelled. Two --out names can share one state file (runs/a.pt and runs/a.pth:
 runs/a.state.pt); a state file that records another --out which still exists is never replaced,
 not even with --force. `--curve-every N` also logs the attention-sink emergence curve (the sink
-study's instrumentation) every N steps.
+study's instrumentation) every N steps; `--copy-every N` the copy curve (copy_probe.py: is the hero's
+name recovered from its other mention?).
 
 Reading order: `main` sets up, `Run.train` is the loop (`train_step` in minidlm/train.py is one
 step), `Run.finish` evaluates and saves.
@@ -46,7 +47,8 @@ from minidlm.checkpoint import CheckpointError, atomic_save, read, save_model, s
 from minidlm.cli import (SEED, ArgumentParser, GracefulStop, die, number, pick_device, positive_int,
                          run_main)
 from minidlm.files import check_readable_file, preflight, same_file
-from minidlm.corpus import CorpusError
+from minidlm.copy_probe import make_cases, training_curve_point as copy_curve_point
+from minidlm.corpus import NAME_SHARE, CorpusError
 from minidlm.data import fixed_windows, load_documents, random_windows, token_stream
 from minidlm.diffusion import evaluate_nelbo
 from minidlm.distributed import Ranks
@@ -71,6 +73,9 @@ def build_parser():
     p.add_argument("--sink-value", default="learned", choices=SINK_VALUES,
                    help="with --sink: zero fixes the sink's value vectors at 0 in every layer, so "
                         "attending to it is a pure abstain (the paper's ablation; default learned)")
+    p.add_argument("--name-share", type=number(float, 0, 1), default=NAME_SHARE,
+                   help="embedded corpus: how often a sentence about the hero names it instead of "
+                        "saying he/she (default %(default)s, the shipped corpus; docs/copying.md)")
     p.add_argument("--seed", type=SEED, default=0, help="seed for corpus, init, batches and masks")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default %(default)s)")
     p.add_argument("--threads", type=number(int, 1, 1024), default=None, help="torch CPU threads (default: all cores)")
@@ -115,6 +120,9 @@ def build_parser():
     s.add_argument("--curve-every", type=positive_int, default=None,
                    help="log the attention-sink emergence curve (minidlm/sinks.py) every N steps, for the "
                         "sink study (default: off)")
+    s.add_argument("--copy-every", type=positive_int, default=None,
+                   help="log the copy curve (minidlm/copy_probe.py: is the hero's name recovered from its "
+                        "other mention?) every N steps, on the embedded corpus (default: off)")
     return p
 
 
@@ -125,6 +133,10 @@ def parse_args(argv=None):
         p.error("--sink-no-rotation needs --sink")
     if args.sink_value != "learned" and not args.sink:
         p.error("--sink-value needs --sink")
+    if args.data and args.copy_every:
+        p.error("--copy-every needs the embedded corpus (its stories name a hero twice): drop --data")
+    if args.data and args.name_share != NAME_SHARE:
+        p.error("--name-share changes the embedded corpus: drop --data")
     if args.t_min > args.t_max:
         p.error(f"--t-min {args.t_min} is above --t-max {args.t_max}")
     if args.d_model % args.n_head or (args.d_model // args.n_head) % 2:
@@ -133,9 +145,11 @@ def parse_args(argv=None):
     return args
 
 
+COPY_STORIES = 128  # held-out stories the copy probe tries (about 110 name their hero twice)
+
 # what a resumed run must share with the saved one (model shape, data, batches, optimizer state)
 RESUME_MUST_MATCH = ("n_layer", "n_head", "d_model", "seq_len", "vocab_size", "sink", "sink_no_rotation",
-                     "sink_value", "qk_norm", "relu2", "unigram_bias", "data", "seed", "batch_size", "optimizer")
+                     "sink_value", "qk_norm", "relu2", "unigram_bias", "data", "name_share", "seed", "batch_size", "optimizer")
 
 
 def model_config(args, vocab_size: int) -> ModelConfig:
@@ -201,7 +215,7 @@ def resume_state(args) -> dict:
     if missing or not isinstance(state["args"], dict):
         why = f"it has no {missing[0]!r}" if missing else "its 'args' is not a dict"
         die(f"cannot resume: {state_path(args.out)} is not a training state saved by train_tiny.py ({why})")
-    saved = {"sink_value": "learned", **state["args"]}  # older runs had only the learned one
+    saved = {"sink_value": "learned", "name_share": NAME_SHARE, **state["args"]}  # older runs: the defaults
     for key in RESUME_MUST_MATCH:
         if key not in saved:
             die(f"cannot resume: {state_path(args.out)} was saved by an older train_tiny.py "
@@ -217,7 +231,7 @@ def load_data(args, state, device, say):
     and 32 fixed validation windows."""
     t0 = time.time()
     try:
-        train_docs, val_docs = load_documents(args.data, seed=args.seed)
+        train_docs, val_docs = load_documents(args.data, seed=args.seed, name_share=args.name_share)
     except CorpusError as e:
         die(str(e))
     tokenizer = (Tokenizer.from_state_dict(state["tokenizer"]) if state
@@ -281,6 +295,7 @@ class Run:
         self.step = state.get("step", 0)
         self.train_seconds = state.get("train_seconds", 0.0)  # optimizer steps only
         self.curve = state.get("curve", [])    # sink emergence: one point per --curve-every steps
+        self.copy_curve = state.get("copy_curve", [])  # the copy probe: one point per --copy-every steps
         self.evals = state.get("evals", [])    # quick validations along the run
         self.losses = state.get("losses", [])  # the training loss of every step
         if state:
@@ -301,6 +316,17 @@ class Run:
         self.tokens_per_step = args.batch_size * args.seq_len
         self.command = command_line(sys.argv)
         self.tty = sys.stderr.isatty()
+        if args.copy_every:
+            self.copy_stories = self.probe_stories()
+
+    def probe_stories(self) -> list:
+        """Held-out stories of the shipped corpus (whatever --name-share trains on) for the copy
+        probe: the first COPY_STORIES, of which those naming their hero twice become cases."""
+        stories = (self.val_docs if self.args.name_share == NAME_SHARE
+                   else load_documents(None, seed=self.args.seed)[1])[:COPY_STORIES]
+        if not make_cases(self.tokenizer, stories, "first", self.args.seq_len):
+            die(f"--copy-every: no held-out story fits in --seq-len {self.args.seq_len}")
+        return stories
 
     def progress(self) -> float:
         """Share of the run done: of the steps, or of the time budget if that runs out first."""
@@ -319,6 +345,8 @@ class Run:
         self.model.train()
         if args.curve_every and not self.curve and ranks.main:
             self.log_curve()
+        if args.copy_every and not self.copy_curve and ranks.main:
+            self.log_copy_curve()
         stopping = False  # agreed by every process, so all stop at the same step
         with GracefulStop() as stop:  # Ctrl-C: finish this step, save, and say how to resume
             while self.progress() < 1.0 and not stopping:
@@ -344,6 +372,8 @@ class Run:
                     print("\r" + line if self.tty else line, end="" if self.tty else "\n", file=sys.stderr, flush=True)
                 if args.curve_every and (self.step % args.curve_every == 0 or done):
                     self.log_curve()
+                if args.copy_every and (self.step % args.copy_every == 0 or done):
+                    self.log_copy_curve()
                 if self.step % args.eval_interval == 0 and not done:
                     nats, se = self.validate(n_mc=4)
                     self.record_eval(nats)
@@ -358,6 +388,15 @@ class Run:
         sink = f", mass on [SINK] {point['sink_mass']:.1%}" if point["sink_mass"] is not None else ""
         self.say(f"step {self.step}: top content sink mass {point['top_mass']:.1%}, its value norm / mean "
                  f"{point['top_value_ratio']:.2f}{sink}")
+
+    def log_copy_curve(self):
+        point = {"step": self.step, "tokens": self.step * self.tokens_per_step,
+                 "train_seconds": self.train_seconds,
+                 **copy_curve_point(self.model, self.tokenizer, self.copy_stories)}
+        self.copy_curve.append(point)
+        self.say(f"step {self.step}: copy probe: hero's name recovered at its first mention "
+                 f"{point['first_recovered']:.1%}, at a later one {point['later_recovered']:.1%} "
+                 f"(p right {point['first_p_right']:.3f} / best wrong {point['first_p_rival']:.3f})")
 
     def validate(self, n_mc):
         self.model.eval()

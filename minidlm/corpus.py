@@ -210,6 +210,12 @@ def _character(gender: str, prefix: str) -> dict[str, str]:
 
 
 # ---- Generator ----------------------------------------------------------------------------------
+# How often a {SUBJ} slot names the hero rather than saying he/she. 0.5 is the shipped corpus;
+# more makes the name come back more often, so copying it pays more (docs/copying.md). Any share
+# draws the same random numbers, so 0.5 gives the shipped stories exactly, and every sentence of
+# any share is one the 0.5 grammar can produce: the recognizer stays exact.
+NAME_SHARE = 0.5
+
 def _pick(rng: random.Random, seq):
     """rng.choice(seq), three times faster: the default corpus makes about a million picks."""
     return seq[int(rng.random() * len(seq))]
@@ -222,17 +228,17 @@ _ALL_NAMES = list(_GENDER)
 class _Story(dict):
     """One story's slot values; str.format_map asks __missing__ for any slot not stored yet."""
 
-    def __init__(self, rng: random.Random):
+    def __init__(self, rng: random.Random, name_share: float = NAME_SHARE):
         hero = friend = _pick(rng, _ALL_NAMES)
         while friend == hero:
             friend = _pick(rng, _ALL_NAMES)
         super().__init__(_character(_GENDER[hero], ""), HERO=hero, FRIEND=friend)
         self.update(_character(_GENDER[friend], "F"))
-        self.rng = rng
+        self.rng, self.name_share = rng, name_share
 
     def __missing__(self, slot: str) -> str:
         if slot == "SUBJ":  # the hero by name or by pronoun, decided at each mention
-            return _pick(self.rng, (self["HERO"], self["HE"]))
+            return self["HERO"] if self.rng.random() < self.name_share else self["HE"]
         if slot in FREE_SLOTS:
             return _pick(self.rng, FREE_SLOTS[slot])
         if slot in ARTICLE_SLOTS:  # a story slot: drawn at its first use, then kept
@@ -253,8 +259,8 @@ def _middle_pool(present: tuple[str, ...]) -> list[str]:
             + [t for who, ts in INTRODUCE.items() if who not in present for t in ts])
 
 
-def _draw_story(rng: random.Random) -> str:
-    story = _Story(rng)
+def _draw_story(rng: random.Random, name_share: float) -> str:
+    story = _Story(rng, name_share)
     sentences = [story.sentence(_pick(rng, INTRO)), story.sentence(_pick(rng, OBJECT_INTRO))]
     present, used = ("hero",), set()
     for _ in range(rng.randint(0, 5)):
@@ -268,26 +274,26 @@ def _draw_story(rng: random.Random) -> str:
     return " ".join(sentences)
 
 
-def generate_story(rng: random.Random) -> str:
+def generate_story(rng: random.Random, name_share: float = NAME_SHARE) -> str:
     """One story of 3-8 sentences on a single line, redrawn until no word follows itself."""
     while True:
-        story = _draw_story(rng)
+        story = _draw_story(rng, name_share)
         if not _has_adjacent_repeat(story):
             return story
 
 
-def generate_stories(n: int, seed: int = 0) -> list[str]:
+def generate_stories(n: int, seed: int = 0, name_share: float = NAME_SHARE) -> list[str]:
     rng = random.Random(seed)
-    return [generate_story(rng) for _ in range(n)]
+    return [generate_story(rng, name_share) for _ in range(n)]
 
 
-def default_corpus(seed: int = 0, n_train: int = 40000, n_val: int = 1000):
+def default_corpus(seed: int = 0, n_train: int = 40000, n_val: int = 1000, name_share: float = NAME_SHARE):
     """(train, val): val comes from its own derived seed and shares no story with train."""
-    train = generate_stories(n_train, seed)
+    train = generate_stories(n_train, seed, name_share)
     seen, val = set(train), []
     rng = random.Random(f"minidlm-validation-{seed}")
     while len(val) < n_val:
-        story = generate_story(rng)
+        story = generate_story(rng, name_share)
         if story not in seen:
             seen.add(story)
             val.append(story)

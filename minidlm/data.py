@@ -7,13 +7,14 @@ additive attention bias that hides the pad keys (`pad_prompts`, `padding_bias`).
 """
 import torch
 
-from .corpus import default_corpus, load_text_file, split_train_val
+from .corpus import NAME_SHARE, default_corpus, load_text_file, split_train_val
 
 
-def load_documents(data_path=None, seed: int = 0):
-    """(train_docs, val_docs): the embedded corpus, or a user's UTF-8 text file split 95/5."""
+def load_documents(data_path=None, seed: int = 0, name_share: float = NAME_SHARE):
+    """(train_docs, val_docs): the embedded corpus (name_share: corpus.NAME_SHARE), or a user's
+    UTF-8 text file split 95/5."""
     if data_path is None:
-        return default_corpus(seed=seed)
+        return default_corpus(seed=seed, name_share=name_share)
     return split_train_val(load_text_file(data_path), seed=seed)
 
 

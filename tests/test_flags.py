@@ -12,7 +12,8 @@ from hypothesis import given, strategies as st
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCRIPTS = ["train_tiny", "sample", "bench", *(f"studies.{name}" for name in
-                                              ["repeat_study", "sink_compare", "reproduce", "ablation", "infill_study"])]
+                                              ["repeat_study", "sink_compare", "reproduce", "ablation", "infill_study",
+                                               "copy_study"])]
 PARSERS = {name: importlib.import_module(name).build_parser for name in SCRIPTS}
 
 
@@ -70,6 +71,8 @@ def test_numeric_flags_take_finite_in_range_values_or_exit_2_with_one_line(scrip
     (["--sink-no-rotation"], "needs --sink"),
     (["--sink-value", "zero"], "needs --sink"),
     (["--seq-len", "4"], ">= 8"),
+    (["--copy-every", "10", "--data", "my.txt"], "needs the embedded corpus"),
+    (["--name-share", "0.9", "--data", "my.txt"], "drop --data"),
 ])
 def test_impossible_model_settings_are_refused_up_front(argv, message, capsys):
     with pytest.raises(SystemExit) as e:

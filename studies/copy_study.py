@@ -1,0 +1,229 @@
+"""Does the model carry the hero's name across sentences? The copy probe, and its curve in training.
+
+    python -m studies.copy_study                                   # the shipped models
+    python -m studies.copy_study --arm base=runs/seeds/base-0.pt,runs/seeds/base-1.pt
+    python -m studies.copy_study --arm A=a0.pt,a1.pt --arm B=b0.pt --plot docs/copying
+    bash studies/copy_levers.sh LEVER                              # train a lever's runs, then this
+
+First how often the embedded corpus makes copying pay (stories naming their hero more than once,
+mentions per story, tokens from one mention to the next), for the shipped corpus and for the
+--name-share variant the levers train on. Then per arm (checkpoints trained alike, one per seed;
+mean +- sd) the copy probe (minidlm/copy_probe.py) on held-out stories of the shipped corpus: the
+hero's name as a hole at its first mention (the name comes back only to its right) and at its
+second (the introduction is to its left). Columns: recovered (greedy decoding writes the name),
+prefers (the right name outscores every other name of its gender and token count, against
+"chance" for a model that knows the gender only), p right and p best wrong name.
+Last, when the checkpoints were trained with `train_tiny.py --copy-every N`, the copy curve:
+recovery against training tokens, one line per arm (mean over seeds, each seed thin), and beside
+it against training minutes (`--plot DIR` writes copy_curve.png).
+"""
+from minidlm.cli import quiet_early_ctrl_c
+
+quiet_early_ctrl_c(__name__)  # before the heavy imports: a Ctrl-C while torch loads is one line
+
+import json
+import math
+import os
+import statistics
+import sys
+
+from minidlm.checkpoint import CheckpointError, load_model
+from minidlm.cli import (ArgumentParser, cell, die, number, pick_device, pyplot, require_plot_extra,
+                         run_main, save_figure)
+from minidlm.copy_probe import MENTIONS, copy_probe, repeat_stats
+from minidlm.corpus import NAME_SHARE, generate_stories
+from minidlm.data import load_documents
+from minidlm.files import numbered, preflight, write_json
+
+DEFAULT_ARMS = {"shipped": ["checkpoints/tiny.pt"], "shipped [SINK]": ["checkpoints/tiny-sink.pt"]}
+SHARES = (NAME_SHARE, 1.0)  # the shipped corpus and the lever's
+PROBE = ("recovered", "prefers", "chance", "p_right", "p_rival")
+
+
+def build_parser():
+    p = ArgumentParser(description="The copy probe: is the hero's name recovered from its other mention?")
+    p.add_argument("--arm", action="append", default=None, metavar="NAME=PATH[,PATH...]",
+                   help="an arm and its checkpoints, one per seed (default: the shipped tiny.pt and tiny-sink.pt)")
+    p.add_argument("--stories", type=number(int, 1, 1000), default=200,
+                   help="held-out stories (those naming their hero twice are probed; default %(default)s)")
+    p.add_argument("--json", default=None, help="also write the rows here")
+    p.add_argument("--from-json", default=None, metavar="PATH", help="print (and plot) rows saved with --json")
+    p.add_argument("--plot", default=None, metavar="DIR", help="write copy_curve.png here (plot extra)")
+    p.add_argument("--device", default="auto")
+    return p
+
+
+def parse_arms(args) -> dict:
+    if not args.arm:
+        return DEFAULT_ARMS
+    arms = {}
+    for a in args.arm:
+        name, _, paths = a.partition("=")
+        if not name or not paths or "" in paths.split(","):
+            die(f"--arm takes NAME=PATH[,PATH...], got {a!r}")
+        arms[name] = paths.split(",")
+    return arms
+
+
+def mean_curve(curves):
+    """Points at the steps every curve has, each quantity averaged over the curves (seeds)."""
+    curves = [c for c in curves if c]
+    if not curves:
+        return []
+    steps = sorted(set.intersection(*(set(p["step"] for p in c) for c in curves)))
+    return [{k: statistics.mean(next(p for p in c if p["step"] == step)[k] for c in curves)
+             for k in curves[0][0]} for step in steps]
+
+
+def measure(args, arms):
+    try:
+        device = pick_device(args.device)
+    except ValueError as e:
+        die(str(e))
+    stats, rows, held_out = None, [], {}
+    for name, paths in arms.items():
+        per_model = []
+        for path in paths:
+            try:
+                model, tok, meta = load_model(path, device)
+            except CheckpointError as e:
+                die(str(e))
+            margs = meta.get("args", {})
+            if margs.get("data"):
+                die(f"{path} was trained on {margs['data']}: the copy probe needs the embedded corpus")
+            if stats is None:  # the corpus, counted in the first model's tokens
+                stats = {str(share): repeat_stats(tok, generate_stories(5000, 0, share)) for share in SHARES}
+            seed = margs.get("seed", 0)  # the stories this model's own training held out
+            if seed not in held_out:
+                held_out[seed] = load_documents(seed=seed)[1][:args.stories]
+            stories = held_out[seed]
+            probe = copy_probe(model, tok, stories)
+            metrics = meta.get("metrics", {})
+            per_model.append({"path": path, "probe": probe, "curve": meta.get("copy_curve", []),
+                              "steps": meta.get("step"), "tokens": metrics.get("tokens_seen"),
+                              "minutes": metrics.get("train_minutes"), "bits": metrics.get("val_bits_per_token"),
+                              "name_share": margs.get("name_share", NAME_SHARE)})
+            print(f"measured {name}: {path}", file=sys.stderr, flush=True)
+        rows.append({"arm": name, "per_model": per_model,
+                     "curve": mean_curve([m["curve"] for m in per_model])})
+    return {"corpus": stats, "stories": args.stories, "rows": rows}
+
+
+def corpus_table(stats) -> str:
+    lines = ["| corpus | stories | hero named twice or more % | mentions per story | tokens to the next mention: median / mean / max |",
+             "|---|---|---|---|---|"]
+    for share, s in stats.items():
+        label = "shipped (--name-share 0.5)" if float(share) == NAME_SHARE else f"--name-share {share}"
+        lines.append(f"| {label} | {s['stories']} | {100 * s['repeat_share']:.1f} | {s['mean_mentions']:.2f} | "
+                     f"{s['gap_median']:g} / {s['gap_mean']:.1f} / {s['gap_max']} |")
+    return "\n".join(lines)
+
+
+def probe_table(saved) -> str:
+    lines = [f"{saved['stories']} held-out stories of the shipped corpus; mean +- sd over seeds; rates and p in %",
+             "| arm | seeds | tokens (M) | NELBO bits | mention | cases | recovered | prefers | chance | p right | p best wrong |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for row in saved["rows"]:
+        pm = row["per_model"]
+        tokens = [m["tokens"] / 1e6 for m in pm if m["tokens"]]
+        bits = [m["bits"] for m in pm if m["bits"] is not None]
+        for mention in MENTIONS:
+            cells = [cell([m["probe"][mention][k] for m in pm], ".1f" if k in ("recovered", "prefers", "chance")
+                          else ".2f", 100) for k in PROBE]
+            lines.append(f"| {row['arm']} | {len(pm)} | {cell(tokens, '.1f') if tokens else '-'} | "
+                         f"{cell(bits, '.3f') if bits else '-'} | {mention} | {pm[0]['probe'][mention]['cases']} | "
+                         + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def curve_table(rows) -> str:
+    """Per arm, the mean curve at (at most) 8 evenly spread logged steps, and its last point."""
+    lines = ["| arm | step | tokens (M) | minutes | first: recovered % | later: recovered % | first: p right % | first: p best wrong % |",
+             "|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        curve = row["curve"]
+        pick = curve[::max(1, math.ceil(len(curve) / 8))]
+        if curve and pick[-1] is not curve[-1]:
+            pick.append(curve[-1])
+        for p in pick:
+            lines.append(f"| {row['arm']} | {p['step']:.0f} | {p['tokens'] / 1e6:.2f} | {p['train_seconds'] / 60:.1f} | "
+                         f"{100 * p['first_recovered']:.1f} | {100 * p['later_recovered']:.1f} | "
+                         f"{100 * p['first_p_right']:.2f} | {100 * p['first_p_rival']:.2f} |")
+    return "\n".join(lines)
+
+
+def plot_curves(rows, folder) -> str:
+    plt = pyplot()
+    os.makedirs(folder, exist_ok=True)
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    panels = [("tokens", 1e6, "first_recovered", "training tokens (millions)", "name recovered at its first mention"),
+              ("tokens", 1e6, "later_recovered", "training tokens (millions)", "name recovered at a later mention"),
+              ("train_seconds", 60, "first_recovered", "training minutes (1 thread, loaded machine)",
+               "first mention, against time")]
+    for i, row in enumerate(rows):
+        curves = [m["curve"] for m in row["per_model"] if m["curve"]]
+        for ax, (x, scale, y, _, _) in zip(axes, panels):
+            for c in curves:  # thin: each seed
+                ax.plot([p[x] / scale for p in c], [100 * p[y] for p in c], color=f"C{i}", alpha=0.3, lw=0.8)
+            if row["curve"]:  # thick: the mean over seeds
+                ax.plot([p[x] / scale for p in row["curve"]], [100 * p[y] for p in row["curve"]], color=f"C{i}",
+                        lw=2, label=f"{row['arm']} ({len(curves)} seed{'s' if len(curves) > 1 else ''})")
+    for ax, (_, _, _, xlabel, title) in zip(axes, panels):
+        ax.set_xlabel(xlabel)
+        ax.set_title(title, fontsize=10)
+        ax.axhline(50, color="grey", lw=0.8, ls=":")
+        ax.set_ylim(-2, 102)
+    axes[0].set_ylabel("recovered %")
+    axes[0].legend(fontsize=8)
+    fig.suptitle("Copy curve: the hero's name as a hole, recovered from its other mention (held-out stories)",
+                 fontsize=10)
+    fig.tight_layout()
+    path = os.path.join(folder, "copy_curve.png")
+    save_figure(fig, path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def print_all(saved, plot_folder):
+    print("How often the corpus makes copying pay (first 5,000 training stories):")
+    print(corpus_table(saved["corpus"]))
+    print()
+    print(probe_table(saved))
+    rows = [r for r in saved["rows"] if r["curve"]]
+    if rows:
+        print("\nThe copy curve (train_tiny.py --copy-every; 128 held-out stories; mean over seeds):")
+        print(curve_table(rows))
+        if plot_folder:
+            print(f"wrote {plot_curves(rows, plot_folder)}", file=sys.stderr)
+
+
+def load_saved(path):
+    try:
+        with open(path) as f:
+            saved = json.load(f)
+        probe_table(saved)
+        corpus_table(saved["corpus"])
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        die(f"{path} is not a table written by copy_study.py --json")
+    return saved
+
+
+def main():
+    args = build_parser().parse_args()
+    arms = {} if args.from_json else parse_arms(args)
+    checkpoints = {label: path for name, paths in arms.items()
+                   for label, path in numbered(f"--arm {name}", paths).items()}
+    preflight(outputs={"--json": args.json if not args.from_json else None},
+              folders={"--plot": (args.plot, ["copy_curve.png"]) if args.plot else None},
+              inputs={"--from-json": args.from_json, **checkpoints})
+    if args.plot:
+        require_plot_extra()
+    saved = load_saved(args.from_json) if args.from_json else measure(args, arms)
+    print_all(saved, args.plot)
+    if args.json and not args.from_json:
+        write_json(args.json, saved)
+        print(f"wrote {args.json}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    run_main(main)

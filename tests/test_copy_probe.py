@@ -1,0 +1,127 @@
+"""The copy probe (minidlm/copy_probe.py): which holes it makes, what it scores, and the corpus
+option that makes the hero's name come back more often."""
+import random
+import re
+from types import SimpleNamespace
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from conftest import MASK_ID, PAD_ID, tiny_model
+from minidlm.checkpoint import load_model
+from minidlm.copy_probe import (GENDER, MENTIONS, Case, hero_mentions, make_case, probe_cases,
+                                repeat_stats, summarize)
+from minidlm.corpus import generate_stories, generate_story, is_grammatical, split_sentences
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return load_model("checkpoints/tiny.pt")[1]
+
+
+@given(seed=st.integers(0, 2**32 - 1), mention=st.sampled_from(MENTIONS), share=st.sampled_from([0.5, 1.0]))
+def test_a_case_filled_with_its_answer_is_the_story(tok, seed, mention, share):
+    """The hole is exactly the hero's mention: put the name's ids back and the canvas is the story's
+    ids; the rivals are the other names of the hero's gender with as many tokens."""
+    story = generate_story(random.Random(seed), share)
+    name, spans = hero_mentions(story)
+    case = make_case(tok, story, mention)
+    if len(spans) < 2:
+        assert case is None
+        return
+    canvas = list(case.canvas)
+    assert [canvas[i] for i in case.hole] == [tok.mask_id] * len(case.answer)
+    for i, t in zip(case.hole, case.answer):
+        canvas[i] = t
+    assert canvas == [tok.eot_id] + tok.encode(story)
+    start, end = spans[0 if mention == "first" else 1]
+    assert tok.decode(list(case.answer)).strip() == story[start:end] == name
+    assert case.answer not in case.rivals and len(case.rivals) == len(set(case.rivals))
+    others = [tok.decode(list(r)).strip() for r in case.rivals]
+    assert all(GENDER[o] == GENDER[name] and len(r) == len(case.answer) for o, r in zip(others, case.rivals))
+
+
+class SetLogits(torch.nn.Module):
+    """A model whose log-probabilities are the same at every position: `probs` over the vocabulary."""
+
+    def __init__(self, probs):
+        super().__init__()
+        self.logp = torch.nn.Parameter(torch.tensor(probs, dtype=torch.float64).log())
+        self.cfg = SimpleNamespace(max_seq_len=64)
+
+    def forward(self, x, positions=None, attn_bias=None):
+        return self.logp.expand(*x.shape, -1)
+
+
+TOK = SimpleNamespace(mask_id=MASK_ID, eot_id=PAD_ID)
+
+
+def test_the_probe_reads_the_right_name_against_the_best_rival_of_a_model_it_controls():
+    probs = [0.01] * 40
+    probs[3], probs[4], probs[6], probs[MASK_ID] = 0.4, 0.2, 0.05, 0.5  # [MASK] is never a prediction
+    model = SetLogits([p / sum(probs) for p in probs])
+    norm = sum(probs) - probs[MASK_ID]
+    won = Case("A", (PAD_ID, 5, MASK_ID, 7), (2,), (3,), ((4,), (6,)))
+    lost = Case("B", (PAD_ID, 1, 2, 5, MASK_ID, MASK_ID, 7), (4, 5), (6, 6), ((3, 3), (4, 6), (9, 9)))
+    results = probe_cases(model, TOK, [won, lost])
+    assert results[0]["right"] == pytest.approx(torch.tensor(0.4 / norm).log().item())
+    assert results[0]["rival"] == pytest.approx(torch.tensor(0.2 / norm).log().item())
+    assert results[1]["right"] == pytest.approx(2 * torch.tensor(0.05 / norm).log().item())
+    assert results[1]["rival"] == pytest.approx(2 * torch.tensor(0.4 / norm).log().item())
+    assert [r["recovered"] for r in results] == [True, False]  # greedy writes 3, then 3 3
+    s = summarize(results, [won, lost])
+    assert s["cases"] == 2 and s["prefers"] == 0.5 and s["recovered"] == 0.5
+    assert s["p_right"] == pytest.approx((0.4 / norm + (0.05 / norm) ** 2) / 2)
+    assert s["chance"] == pytest.approx((1 / 3 + 1 / 4) / 2)
+
+
+@given(data=st.data())
+def test_a_case_scores_the_same_alone_and_in_a_left_padded_batch(data):
+    """Rows of different lengths share a batch by left padding, hidden from attention: each case's
+    numbers are the ones it gets alone."""
+    model = tiny_model(n_layer=2)
+    cases = []
+    for _ in range(data.draw(st.integers(2, 4))):
+        n = data.draw(st.integers(4, 20))
+        canvas = [PAD_ID] + data.draw(st.lists(st.integers(0, 30), min_size=n, max_size=n))
+        at, width = data.draw(st.integers(1, n - 2)), data.draw(st.integers(1, 2))
+        hole = tuple(range(at, at + width))
+        for i in hole:
+            canvas[i] = MASK_ID
+        cases.append(Case("x", tuple(canvas), hole, (31,) * width, ((32,) * width, (33,) * width)))
+    together = probe_cases(model, TOK, cases)
+    alone = [probe_cases(model, TOK, [c])[0] for c in cases]
+    for a, b in zip(together, alone):
+        assert a["right"] == pytest.approx(b["right"]) and a["rival"] == pytest.approx(b["rival"])
+        assert a["recovered"] == b["recovered"]
+
+
+def test_repeat_stats_counts_mentions_and_token_gaps(tok):
+    story = "Mia had a red ball. Mia played with the ball all day. She smiled. Mia went home happily."
+    s = repeat_stats(tok, [story, "Tom had a kite. He was so happy!"])
+    assert s["repeat_share"] == 0.5 and s["mean_mentions"] == 2 and s["mentions_histogram"] == {1: 1, 3: 1}
+    first, second, third = (len(tok.encode(story[:m.start()])) for m in re.finditer("Mia", story))
+    assert s["gap_max"] == max(second - first, third - second)
+
+
+# ---- The corpus option --------------------------------------------------------------------------
+def test_name_share_one_half_is_the_shipped_corpus():
+    assert generate_stories(300, seed=7, name_share=0.5) == generate_stories(300, seed=7)
+
+
+@given(seed=st.integers(0, 2**32 - 1))
+def test_name_share_zero_names_the_hero_once_and_every_share_stays_grammatical(seed):
+    """0: the hero is named in the introduction only. Every sentence of any share is one the
+    recognizer accepts (a share only picks between two renderings the grammar already has)."""
+    never = generate_story(random.Random(seed), 0.0)
+    assert len(hero_mentions(never)[1]) == 1
+    for story in (never, generate_story(random.Random(seed), 1.0)):
+        assert all(is_grammatical(s) for s in split_sentences(story)), story
+
+
+def test_name_share_one_names_the_hero_more_often():
+    stories = {share: generate_stories(500, seed=3, name_share=share) for share in (0.5, 1.0)}
+    mentions = {share: sum(len(hero_mentions(s)[1]) for s in ss) / 500 for share, ss in stories.items()}
+    assert mentions[1.0] > mentions[0.5] + 1
