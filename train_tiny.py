@@ -413,7 +413,8 @@ class Run:
                  f"alone {self.unigram_bits:.2f} bits/token")
 
     def save(self, final_metrics=None):
-        args, records = self.args, {"curve": self.curve, "evals": self.evals, "losses": self.losses}
+        args, records = self.args, {"curve": self.curve, "copy_curve": self.copy_curve, "evals": self.evals,
+                                    "losses": self.losses}
         meta = {"command": self.command, "args": vars(args), "bf16": self.autocast is not None,
                 "step": self.step, "metrics": final_metrics or {}, "unigram_bits_per_token": self.unigram_bits,
                 **records}

@@ -71,8 +71,9 @@ def mean_curve(curves):
     if not curves:
         return []
     steps = sorted(set.intersection(*(set(p["step"] for p in c) for c in curves)))
+    keys = set.intersection(*(set(p) for c in curves for p in c))
     return [{k: statistics.mean(next(p for p in c if p["step"] == step)[k] for c in curves)
-             for k in curves[0][0]} for step in steps]
+             for k in sorted(keys)} for step in steps]
 
 
 def measure(args, arms):

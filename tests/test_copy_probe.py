@@ -125,3 +125,32 @@ def test_name_share_one_names_the_hero_more_often():
     stories = {share: generate_stories(500, seed=3, name_share=share) for share in (0.5, 1.0)}
     mentions = {share: sum(len(hero_mentions(s)[1]) for s in ss) / 500 for share, ss in stories.items()}
     assert mentions[1.0] > mentions[0.5] + 1
+
+
+# ---- End to end ---------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_train_tiny_logs_the_copy_curve_and_copy_study_reads_it(tmp_path):
+    """--copy-every N records a point at step 0, every N steps and at the end; the study prints
+    the corpus statistics, the probe and the curve, and reprints its JSON unchanged."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from minidlm.checkpoint import read
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out, saved = tmp_path / "copy.pt", tmp_path / "copy.json"
+    run = lambda *argv: subprocess.run([sys.executable, *argv], cwd=root, capture_output=True, text=True,
+                                       timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    r = run("train_tiny.py", "--out", str(out), "--n-layer", "1", "--d-model", "16", "--n-head", "2",
+            "--seq-len", "192", "--batch-size", "2", "--vocab-size", "300", "--steps", "5", "--copy-every", "2",
+            "--eval-mc", "1", "--eval-interval", "1000", "--threads", "1", "--name-share", "0.9")
+    assert r.returncode == 0, r.stderr[-2000:]
+    curve = read(str(out))["meta"]["copy_curve"]
+    assert [p["step"] for p in curve] == [0, 2, 4, 5] and r.stderr.count("copy probe") == 4
+    assert all(0 <= p[f"{m}_recovered"] <= 1 for p in curve for m in MENTIONS)
+    r = run("-m", "studies.copy_study", "--arm", f"tiny={out}", "--stories", "20", "--json", str(saved))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "--name-share 1.0" in r.stdout and r.stdout.count("| tiny |") == 2 + 4
+    again = run("-m", "studies.copy_study", "--from-json", str(saved))
+    assert again.returncode == 0 and again.stdout == r.stdout
+    assert json.loads(saved.read_text())["rows"][0]["per_model"][0]["name_share"] == 0.9
