@@ -396,7 +396,8 @@ class Run:
         self.copy_curve.append(point)
         self.say(f"step {self.step}: copy probe: hero's name recovered at its first mention "
                  f"{point['first_recovered']:.1%}, at a later one {point['later_recovered']:.1%} "
-                 f"(p right {point['first_p_right']:.3f} / best wrong {point['first_p_rival']:.3f})")
+                 f"(p right {point['first_p_right']:.3f} / best wrong {point['first_p_rival']:.3f}; margin "
+                 f"{point['first_margin']:.2f} / {point['later_margin']:.2f} nats)")
 
     def validate(self, n_mc):
         self.model.eval()

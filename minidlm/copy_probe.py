@@ -17,7 +17,8 @@ of each position's probability) against the BEST wrong name of the same gender a
 these are the names a model that does not copy cannot rule out). Then greedy decoding of the hole,
 one token per forward at the most confident masked position: "recovered" when it writes the name.
 A model that knows the gender but does not copy prefers the right name about 1 time in as many
-names as share its gender and token count (`chance`).
+names as share its gender and token count (`chance`), and its margin, log p(right) minus the mean
+log p of those rivals, is about 0 nats: the margin rises before the right name starts to win.
 """
 import re
 import statistics
@@ -113,7 +114,9 @@ def _score(logp_row, hole, ids) -> float:
 
 @torch.no_grad()
 def probe_cases(model, tokenizer, cases, batch_size: int = 64) -> list:
-    """Per case: log p(right name), log p(best rival), whether greedy decoding writes the name."""
+    """Per case: log p(right name), log p(best rival), the margin (log p(right) minus the mean
+    log p of the rivals: 0 for a model that does not tell them apart, above 0 as soon as it leans
+    toward the right name, before it wins) and whether greedy decoding writes the name."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -126,8 +129,8 @@ def probe_cases(model, tokenizer, cases, batch_size: int = 64) -> list:
         scores = []
         for r, c in enumerate(chunk):
             hole = [shift[r] + i for i in c.hole]
-            rival = max((_score(logp[r], hole, ids) for ids in c.rivals), default=float("-inf"))
-            scores.append((_score(logp[r], hole, c.answer), rival))
+            rivals = [_score(logp[r], hole, ids) for ids in c.rivals]
+            scores.append((_score(logp[r], hole, c.answer), rivals))
         for _ in range(max(len(c.hole) for c in chunk)):  # greedy: one token per forward per row
             masked = x == tokenizer.mask_id
             if not masked.any():
@@ -138,21 +141,25 @@ def probe_cases(model, tokenizer, cases, batch_size: int = 64) -> list:
             rows = masked.any(1).nonzero().squeeze(1)
             x[rows, pos[rows]] = best[rows, pos[rows]]
             logp = _forward(model, x, n_pad, tokenizer.mask_id)
-        for r, (c, (right, rival)) in enumerate(zip(chunk, scores)):
+        for r, (c, (right, rivals)) in enumerate(zip(chunk, scores)):
             written = tuple(x[r, shift[r] + i].item() for i in c.hole)
-            out.append({"right": right, "rival": rival, "recovered": written == c.answer})
+            out.append({"right": right, "rival": max(rivals, default=float("-inf")),
+                        "margin": right - sum(rivals) / len(rivals) if rivals else 0.0,
+                        "recovered": written == c.answer})
     model.train(was_training)
     return out
 
 
 def summarize(results, cases) -> dict:
     """Means over cases: p(right), p(best rival), the share where the right name beats every rival
-    ("prefers"), the share recovered by greedy decoding, and the prefers-rate of a guess (chance)."""
+    ("prefers"), the margin in nats, the share recovered by greedy decoding, and the prefers-rate
+    of a guess (chance)."""
     n = max(len(results), 1)
     return {"cases": len(results),
             "p_right": sum(torch.tensor(r["right"]).exp().item() for r in results) / n,
             "p_rival": sum(torch.tensor(r["rival"]).exp().item() for r in results) / n,
             "prefers": sum(r["right"] > r["rival"] for r in results) / n,
+            "margin": sum(r["margin"] for r in results) / n,
             "recovered": sum(r["recovered"] for r in results) / n,
             "chance": sum(1 / (1 + len(c.rivals)) for c in cases) / max(len(cases), 1)}
 
@@ -169,4 +176,4 @@ def copy_probe(model, tokenizer, stories, batch_size: int = 64) -> dict:
 def training_curve_point(model, tokenizer, stories) -> dict:
     """The copy curve's point that train_tiny.py --copy-every logs: both mentions, flattened."""
     return {f"{mention}_{key}": value for mention, summary in copy_probe(model, tokenizer, stories).items()
-            for key, value in summary.items() if key in ("p_right", "p_rival", "prefers", "recovered")}
+            for key, value in summary.items() if key in ("p_right", "p_rival", "prefers", "margin", "recovered")}

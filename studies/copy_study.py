@@ -37,7 +37,7 @@ from minidlm.files import numbered, preflight, write_json
 
 DEFAULT_ARMS = {"shipped": ["checkpoints/tiny.pt"], "shipped [SINK]": ["checkpoints/tiny-sink.pt"]}
 SHARES = (NAME_SHARE, 1.0)  # the shipped corpus and the lever's
-PROBE = ("recovered", "prefers", "chance", "p_right", "p_rival")
+PROBE = ("recovered", "prefers", "chance", "p_right", "p_rival", "margin")
 
 
 def build_parser():
@@ -122,15 +122,16 @@ def corpus_table(stats) -> str:
 
 def probe_table(saved) -> str:
     lines = [f"{saved['stories']} held-out stories of the shipped corpus; mean +- sd over seeds; rates and p in %",
-             "| arm | seeds | tokens (M) | NELBO bits | mention | cases | recovered | prefers | chance | p right | p best wrong |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| arm | seeds | tokens (M) | NELBO bits | mention | cases | recovered | prefers | chance | p right | p best wrong | margin nats |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in saved["rows"]:
         pm = row["per_model"]
         tokens = [m["tokens"] / 1e6 for m in pm if m["tokens"]]
         bits = [m["bits"] for m in pm if m["bits"] is not None]
         for mention in MENTIONS:
-            cells = [cell([m["probe"][mention][k] for m in pm], ".1f" if k in ("recovered", "prefers", "chance")
-                          else ".2f", 100) for k in PROBE]
+            cells = [cell([m["probe"][mention].get(k, math.nan) for m in pm],
+                          ".1f" if k in ("recovered", "prefers", "chance") else ".2f", 1 if k == "margin" else 100)
+                     for k in PROBE]
             lines.append(f"| {row['arm']} | {len(pm)} | {cell(tokens, '.1f') if tokens else '-'} | "
                          f"{cell(bits, '.3f') if bits else '-'} | {mention} | {pm[0]['probe'][mention]['cases']} | "
                          + " | ".join(cells) + " |")
@@ -139,8 +140,10 @@ def probe_table(saved) -> str:
 
 def curve_table(rows) -> str:
     """Per arm, the mean curve at (at most) 8 evenly spread logged steps, and its last point."""
-    lines = ["| arm | step | tokens (M) | minutes | first: recovered % | later: recovered % | first: p right % | first: p best wrong % |",
-             "|---|---|---|---|---|---|---|---|"]
+    fmt = lambda p, k: f"{p[k]:.2f}" if k in p else "-"  # curves rebuilt from a log lack the margin
+    lines = ["| arm | step | tokens (M) | minutes | first: recovered % | later: recovered % | first: p right % | "
+             "first: p best wrong % | margin nats, first / later |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         curve = row["curve"]
         pick = curve[::max(1, math.ceil(len(curve) / 8))]
@@ -149,7 +152,8 @@ def curve_table(rows) -> str:
         for p in pick:
             lines.append(f"| {row['arm']} | {p['step']:.0f} | {p['tokens'] / 1e6:.2f} | {p['train_seconds'] / 60:.1f} | "
                          f"{100 * p['first_recovered']:.1f} | {100 * p['later_recovered']:.1f} | "
-                         f"{100 * p['first_p_right']:.2f} | {100 * p['first_p_rival']:.2f} |")
+                         f"{100 * p['first_p_right']:.2f} | {100 * p['first_p_rival']:.2f} | "
+                         f"{fmt(p, 'first_margin')} / {fmt(p, 'later_margin')} |")
     return "\n".join(lines)
 
 

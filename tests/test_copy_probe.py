@@ -71,6 +71,9 @@ def test_the_probe_reads_the_right_name_against_the_best_rival_of_a_model_it_con
     assert results[1]["right"] == pytest.approx(2 * torch.tensor(0.05 / norm).log().item())
     assert results[1]["rival"] == pytest.approx(2 * torch.tensor(0.4 / norm).log().item())
     assert [r["recovered"] for r in results] == [True, False]  # greedy writes 3, then 3 3
+    log = lambda p: torch.tensor(p / norm).log().item()
+    assert results[0]["margin"] == pytest.approx(log(0.4) - (log(0.2) + log(0.05)) / 2)
+    assert results[1]["margin"] == pytest.approx(2 * log(0.05) - (2 * log(0.4) + log(0.2) + log(0.05) + 2 * log(0.01)) / 3)
     s = summarize(results, [won, lost])
     assert s["cases"] == 2 and s["prefers"] == 0.5 and s["recovered"] == 0.5
     assert s["p_right"] == pytest.approx((0.4 / norm + (0.05 / norm) ** 2) / 2)
@@ -95,7 +98,7 @@ def test_a_case_scores_the_same_alone_and_in_a_left_padded_batch(data):
     alone = [probe_cases(model, TOK, [c])[0] for c in cases]
     for a, b in zip(together, alone):
         assert a["right"] == pytest.approx(b["right"]) and a["rival"] == pytest.approx(b["rival"])
-        assert a["recovered"] == b["recovered"]
+        assert a["recovered"] == b["recovered"] and a["margin"] == pytest.approx(b["margin"])
 
 
 def test_repeat_stats_counts_mentions_and_token_gaps(tok):
