@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The copy levers of docs/copying.md, as they were run: one training at a time, one thread each.
 #
-#   bash studies/copy_levers.sh names1 vocab2048            # the data lever, the tokenizer lever (seed 0)
+#   bash studies/copy_levers.sh names1 vocab2048 both       # the data lever, the tokenizer lever, both (seed 0)
 #   SEEDS="0 1" bash studies/copy_levers.sh names1          # the same over seeds 0 and 1
 #   bash studies/copy_levers.sh lr2x wide                   # 2x both learning rates; 4 wide layers
 #   bash studies/copy_levers.sh compare                     # every run above, the shipped models and the
@@ -15,7 +15,7 @@
 if [ -z "${BASH_VERSION:-}" ]; then echo "error: run it with bash: bash studies/copy_levers.sh LEVER..." >&2; exit 2; fi
 set -euo pipefail
 cd "$(dirname "$0")/.."
-LEVERS=" names1 vocab2048 lr2x wide compare "
+LEVERS=" names1 vocab2048 both lr2x wide compare "
 SEEDS=${SEEDS:-0}
 [ $# -gt 0 ] || { echo "usage: bash studies/copy_levers.sh LEVER... (from:$LEVERS)" >&2; exit 2; }
 for lever in "$@"; do
@@ -36,11 +36,12 @@ for lever in "$@"; do
   case $lever in
     names1) train names1 --name-share 1.0 ;;       # every subject that may name the hero names it
     vocab2048) train vocab2048 --vocab-size 2048 ;;  # every name one token
+    both) train both --name-share 1.0 --vocab-size 2048 ;;
     lr2x) train lr2x --lr 0.012 --muon-lr 0.08 ;;
     wide) train wide --n-layer 4 --d-model 184 ;;  # 4 x 184^2 ~ 8 x 128^2: the same FLOPs per token
     compare)
       arms=()
-      for name in names1 vocab2048 lr2x wide; do
+      for name in names1 vocab2048 both lr2x wide; do
         runs=$(ls runs/copy/$name-*.pt 2>/dev/null | grep -v state | paste -sd, -) || true
         [ -n "$runs" ] && arms+=(--arm "$name=$runs")
       done

@@ -160,25 +160,30 @@ def curve_table(rows) -> str:
 def plot_curves(rows, folder) -> str:
     plt = pyplot()
     os.makedirs(folder, exist_ok=True)
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
-    panels = [("tokens", 1e6, "first_recovered", "training tokens (millions)", "name recovered at its first mention"),
-              ("tokens", 1e6, "later_recovered", "training tokens (millions)", "name recovered at a later mention"),
-              ("train_seconds", 60, "first_recovered", "training minutes (1 thread, loaded machine)",
-               "first mention, against time")]
+    fig, axes = plt.subplots(1, 4, figsize=(17, 3.8))
+    panels = [("tokens", 1e6, "first_recovered", "training tokens (millions)", "recovered % at its first mention"),
+              ("tokens", 1e6, "later_recovered", "training tokens (millions)", "recovered % at a later mention"),
+              ("train_seconds", 60, "first_recovered", "training minutes (1 thread, shared machine)",
+               "first mention, against time"),
+              ("tokens", 1e6, "first_margin", "training tokens (millions)", "margin at the first mention (nats)")]
     for i, row in enumerate(rows):
         curves = [m["curve"] for m in row["per_model"] if m["curve"]]
         for ax, (x, scale, y, _, _) in zip(axes, panels):
-            for c in curves:  # thin: each seed
-                ax.plot([p[x] / scale for p in c], [100 * p[y] for p in c], color=f"C{i}", alpha=0.3, lw=0.8)
-            if row["curve"]:  # thick: the mean over seeds
-                ax.plot([p[x] / scale for p in row["curve"]], [100 * p[y] for p in row["curve"]], color=f"C{i}",
+            unit = 1 if y.endswith("margin") else 100
+            for c in curves:  # thin: each seed (a curve rebuilt from a training log has no margin)
+                if y in c[0]:
+                    ax.plot([p[x] / scale for p in c], [unit * p[y] for p in c], color=f"C{i}", alpha=0.3, lw=0.8)
+            if row["curve"] and y in row["curve"][0]:  # thick: the mean over seeds
+                ax.plot([p[x] / scale for p in row["curve"]], [unit * p[y] for p in row["curve"]], color=f"C{i}",
                         lw=2, label=f"{row['arm']} ({len(curves)} seed{'s' if len(curves) > 1 else ''})")
-    for ax, (_, _, _, xlabel, title) in zip(axes, panels):
+    for ax, (_, _, y, xlabel, title) in zip(axes, panels):
         ax.set_xlabel(xlabel)
         ax.set_title(title, fontsize=10)
-        ax.axhline(50, color="grey", lw=0.8, ls=":")
-        ax.set_ylim(-2, 102)
-    axes[0].set_ylabel("recovered %")
+        if y.endswith("margin"):
+            ax.axhline(0, color="grey", lw=0.8, ls=":")
+        else:
+            ax.axhline(50, color="grey", lw=0.8, ls=":")
+            ax.set_ylim(-1, max(60, ax.get_ylim()[1]))
     axes[0].legend(fontsize=8)
     fig.suptitle("Copy curve: the hero's name as a hole, recovered from its other mention (held-out stories)",
                  fontsize=10)
