@@ -6,7 +6,7 @@ from hypothesis import given, strategies as st
 from conftest import MASK_ID, PAD_ID, VOCAB, tiny_model
 from minidlm.sampler import SamplerConfig, generate, llada_generate, transfer_schedule
 
-MODELS = {sink: tiny_model(sink=sink) for sink in (False, True)}
+MODELS = {sink: tiny_model(sink=sink, random_gains=True) for sink in (False, True)}
 
 
 def settings_strategy():
