@@ -187,6 +187,41 @@ def preflight_paths(args):
             die(problem)
 
 
+def memory_needed(args, world: int = 1) -> tuple:
+    """(parameters, bytes) of training this model on one process, a lower bound: float32 weights,
+    gradients and two optimizer moments (16 bytes a parameter), and the activations the backward
+    keeps (Korthikanti et al. 2022: seq * batch * d * 34 bytes a layer in 16 bits, twice that in
+    float32, leaving out the attention matrices, which a fused attention kernel never stores) for
+    this process's share of the batch."""
+    d, L, V, T = args.d_model, args.n_layer, args.vocab_size, args.seq_len + int(args.sink)
+    params = L * (12 * d * d + 4 * d) + 2 * V * d + V + d
+    rows = max(1, args.batch_size // world)
+    activations = 2 * L * T * rows * d * 34
+    return params, 16 * params + activations
+
+
+def device_memory(device) -> int | None:
+    """Bytes of memory the device has in all (None if unknown)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[1]
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_size(args, device, world: int = 1):
+    """Refuse, before building anything, a model (--d-model, --n-layer, --vocab-size) or batch
+    (--batch-size x --seq-len) that cannot fit in this machine's memory."""
+    params, need = memory_needed(args, world)
+    have = device_memory(device)
+    if have is not None and need > have:
+        gb = lambda n: f"{n / 2**30:,.1f} GB" if n < 2**50 else f"{n:.1e} bytes"
+        die(f"--n-layer {args.n_layer} --d-model {args.d_model} (--batch-size {args.batch_size} x --seq-len "
+            f"{args.seq_len}) is a model of {params:,.0f} parameters that needs at least {gb(need)} to train; "
+            f"this {device.type} has {gb(have)}: choose a smaller --d-model, --n-layer, --batch-size or --seq-len")
+
+
 # what Run reads from a saved training state
 STATE_KEYS = ("args", "step", "model", "optimizer", "tokenizer", "batch_rng", "mask_rng")
 
@@ -284,11 +319,7 @@ class Run:
         self.evals = state.get("evals", [])    # quick validations along the run
         self.losses = state.get("losses", [])  # the training loss of every step
         if state:
-            self.model.load_state_dict(state["model"])
-            for opt, saved in zip(self.opts, state["optimizer"]):
-                opt.load_state_dict(saved)
-            self.batch_gen.set_state(state["batch_rng"])
-            self.mask_gen.set_state(state["mask_rng"].to(self.mask_gen.get_state().device))
+            self.load_state(state)
             say(f"resuming {args.out} at step {self.step}")
             if state["args"].get("bf16", True) != args.bf16:
                 say("warning: this run's --bf16/--no-bf16 differs from the saved run's")
@@ -301,6 +332,24 @@ class Run:
         self.tokens_per_step = args.batch_size * args.seq_len
         self.command = command_line(sys.argv)
         self.tty = sys.stderr.isatty()
+
+    def load_state(self, state):
+        """The saved weights, optimizer states and random streams, or one line if they do not fit."""
+        try:
+            saved = state["optimizer"]
+            if not isinstance(saved, list) or len(saved) != len(self.opts):
+                n = len(saved) if isinstance(saved, list) else type(saved).__name__
+                raise ValueError(f"it holds {n} optimizer state(s) where --optimizer {self.args.optimizer} keeps "
+                                 f"{len(self.opts)}")
+            self.model.load_state_dict(state["model"])
+            for opt, one in zip(self.opts, saved):
+                opt.load_state_dict(one)
+            self.batch_gen.set_state(state["batch_rng"])
+            self.mask_gen.set_state(state["mask_rng"].to(self.mask_gen.get_state().device))
+        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+            die(f"cannot resume: {state_path(self.args.out)} does not fit this run ({first}); start a new "
+                f"run with --force")
 
     def progress(self) -> float:
         """Share of the run done: of the steps, or of the time budget if that runs out first."""
@@ -432,6 +481,7 @@ def main():
     if args.batch_size % ranks.world:
         die(f"--batch-size {args.batch_size} is the global batch: it must split evenly over "
             f"{ranks.world} processes")
+    check_size(args, device, ranks.world)
     if ranks.main:
         preflight_paths(args)
     ranks.start(device)

@@ -28,6 +28,7 @@ from minidlm.cli import ArgumentParser, cell, die, number, pick_device, run_main
 from minidlm.files import numbered, preflight, write_json
 from minidlm.corpus import NAMES, STORY_WORDS, is_grammatical, split_sentences
 from minidlm.data import load_documents
+from minidlm.evaluate import seeds_problem, trained_on
 from minidlm.holes import encode_canvas, filled_text
 from minidlm.sampler import SamplerConfig, infill
 
@@ -139,9 +140,26 @@ def main():
     except (ValueError, CheckpointError) as e:
         die(str(e))
     for path, (_, _, meta) in zip(args.checkpoint, models):
-        if meta.get("args", {}).get("data"):
-            die(f"{path} was trained on {meta['args']['data']}: this study needs the embedded corpus")
+        if trained_on(meta):
+            die(f"{path} was trained on {trained_on(meta)}: this study needs the embedded corpus")
+    problem = seeds_problem(args.checkpoint, [model for model, _, _ in models])
+    if problem:
+        die(problem)
     stories = load_documents()[1][:args.stories]
+    for path, (model, tok, _) in zip(args.checkpoint, models):  # every hole kind needs stories that fit
+        for kind in TARGETS:
+            fits = [len(holes_of(tok, story, span, "both sides")[0]) <= model.cfg.max_seq_len
+                    for story in stories for span in [first_mention(story, TARGETS[kind])] if span]
+            if fits and not any(fits):
+                shortest = min(len(holes_of(tok, story, span, "both sides")[0]) for story in stories
+                               for span in [first_mention(story, TARGETS[kind])] if span)
+                die(f"{path} has a context of {model.cfg.max_seq_len} tokens (trained with --seq-len "
+                    f"{model.cfg.max_seq_len}): none of the {len(fits)} stories with a {kind} hole fits (the "
+                    f"shortest is {shortest} tokens); give a model trained with --seq-len {shortest} or more")
+            if not all(fits):
+                print(f"note: {path}: {sum(fits)} of the {len(fits)} stories with a {kind} hole fit its "
+                      f"{model.cfg.max_seq_len}-token context; its {kind} rows are over those (the shorter "
+                      f"stories)", file=sys.stderr)
     rows = []
     for kind in TARGETS:
         for context in CONTEXTS:
