@@ -12,6 +12,7 @@ from .cli import WriteError, die
 
 # a write that fails for these reasons is the machine's, not the script's: one line (cli.WriteError)
 NO_ROOM = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO, errno.EROFS}
+TORCH_WRITE_FAILURES = ("write failed", "iostream error", "unexpected pos")
 
 
 def output_target(path: str):
@@ -77,16 +78,17 @@ def atomic_write(path: str, write_fn):
 
 def write_failure(e: BaseException, folder: str):
     """Why a write failed, when the disk is the reason (full, over quota, read-only, failing),
-    else None. torch.save's own writer reports a full disk as a RuntimeError ("file write failed",
-    "unexpected pos"), without the errno."""
+    else None. torch.save's own writer reports a full disk as a RuntimeError without the errno
+    (TORCH_WRITE_FAILURES: the messages seen on a full tmpfs and from a failing file object)."""
     if isinstance(e, OSError) and e.errno in NO_ROOM:
         return e.strerror or os.strerror(e.errno)
-    if isinstance(e, RuntimeError) and ("write failed" in str(e) or "unexpected pos" in str(e)):
+    if isinstance(e, RuntimeError) and any(s in str(e) for s in TORCH_WRITE_FAILURES):
         try:
             free = shutil.disk_usage(folder).free
         except OSError:
             return "the write failed"
-        return f"the write failed ({free / 2**20:.0f} MB free on that disk)"
+        full = "the disk is full: " if free < 2**20 else ""
+        return f"the write failed ({full}{free / 2**20:,.0f} MB free there)"
     return None
 
 

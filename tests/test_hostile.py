@@ -206,7 +206,8 @@ def test_a_state_that_does_not_fit_the_run_is_one_line(change, needle, saved_run
 
 @pytest.mark.parametrize("failure", [OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)),
                                      OSError(errno.EDQUOT, os.strerror(errno.EDQUOT)),
-                                     RuntimeError("[enforce fail at inline_container.cc:672] file write failed")])
+                                     RuntimeError("[enforce fail at inline_container.cc:672] file write failed"),
+                                     RuntimeError("basic_ios::clear: iostream error")])  # a full tmpfs, for real
 def test_a_full_disk_during_a_save_is_one_line_and_keeps_the_old_file(failure, tmp_path, monkeypatch, capsys):
     path = tmp_path / "m.pt"
     path.write_bytes(b"the previous version")
