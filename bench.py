@@ -32,6 +32,7 @@ from minidlm.cli import (ArgumentParser, die, number, pick_device, positive_int,
                          synchronize, timed)
 from minidlm.files import preflight, write_json
 from minidlm.data import load_documents
+from minidlm.evaluate import context_problem
 from minidlm.sampler import SamplerConfig, generate, llada_generate
 
 
@@ -136,9 +137,15 @@ def main():
         die(str(e))
     gen_length = 64 if args.quick else 128
     repeats = 1 if args.quick else args.repeats
+    problem = context_problem(args.checkpoint, model, args.prompt_length, gen_length, "the benchmark")
+    if problem:
+        die(problem)
     _, val_docs = load_documents(None)
     stories = [tok.prompt(d) for d in val_docs]
     stories = [s[: args.prompt_length] for s in stories if len(s) >= args.prompt_length]
+    if len(stories) < max(args.batch_sizes):
+        die(f"only {len(stories)} held-out stories have --prompt-length {args.prompt_length} tokens, and "
+            f"--batch-sizes asks for {max(args.batch_sizes)} prompts: give a shorter --prompt-length")
     rows = {
         "uncached": dict(cache="none"),
         "prefix": dict(cache="prefix"),

@@ -77,6 +77,8 @@ CASES = [
     ("studies/infill_study.py", ["--checkpoint", "base", "wide"], "must share one architecture"),
     ("studies/infill_study.py", ["--checkpoint", "prose"], "this study needs the embedded corpus"),
     ("minidlm/evaluate.py", ["short"], "has a context of 24 tokens"),
+    ("bench.py", ["--checkpoint", "short", "--quick"], "has a context of 24 tokens"),
+    ("bench.py", ["--checkpoint", "base", "--quick", "--prompt-length", "200"], "has a context of 256 tokens"),
     ("minidlm/evaluate.py", ["base", "prose"], "was trained on"),
 ]
 
