@@ -124,6 +124,24 @@ def test_sample_bad_input_is_one_line_and_exit_2(checkpoint, args, needle, scrip
 
 
 @pytest.mark.parametrize("args, needle", [
+    (["--threshold", "0"], "expected a number > 0 and <= 1"),
+    (["--threshold", "1.01"], "expected a number > 0 and <= 1"),
+    (["--threshold", "0.9", "--remasking", "random"], "no confidence threshold can judge"),
+    (["--threshold", "0.9", "--steps", "16"], "drop --steps"),
+    (["--threshold", "0.9", "--cota"], "for --threshold pick the cache yourself"),
+])
+def test_threshold_bad_input_is_one_line_and_exit_2(checkpoint, args, needle, script_run):
+    assert_clean_error(script_run("sample.py", "--checkpoint", str(checkpoint), "--gen-length", "16", *args), needle)
+
+
+def test_threshold_decoding_reports_the_steps_it_took(checkpoint, script_run):
+    result = script_run("sample.py", "--checkpoint", str(checkpoint), "--gen-length", "16", "--block-length", "8",
+                        "--threshold", "1e-9", "--cache", "dual", "--prompt", "a <|hole:8|> b")
+    assert result.returncode == 0, result.stderr
+    assert "1 x 8 tokens in 1 steps (threshold 1e-09)" in result.stderr  # below every confidence: one step
+
+
+@pytest.mark.parametrize("args, needle", [
     (["--prompt", "a <|hole|> b"], "malformed hole placeholder"),
     (["--prompt", "a <|hole:two|> b"], "malformed hole placeholder"),
     (["--prompt", "a <|hole:0|> b"], "a hole of 0 tokens"),
