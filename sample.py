@@ -76,6 +76,11 @@ def build_parser():
                    help=f"0 = greedy (default); else from {MIN_TEMPERATURE:g} (below it logits / T overflows, "
                         f"and sampling is greedy anyway) to 1000")
     p.add_argument("--remasking", default=s.remasking, choices=REMASKING)
+    p.add_argument("--threshold", type=number(float, 0, 1, lo_open=True), default=None, metavar="P",
+                   help="Fast-dLLM's parallel decoding: each step commits every masked position of the "
+                        "block whose confidence is >= P (and at least the most confident one), so the "
+                        "steps are as many as needed, not --steps (default: off, the fixed schedule; "
+                        "0.9 is Fast-dLLM's)")
     p.add_argument("--cache", default=None, choices=list(CACHES),
                    help="reuse work across steps: prefix/dual (Fast-dLLM) or feature (dLLM-Cache) "
                         "(default: none)")
@@ -164,10 +169,19 @@ def sampler_config(args, n_masked: int) -> SamplerConfig:
     block = args.block_length or (SamplerConfig.block_length if n_masked % SamplerConfig.block_length == 0
                                   else n_masked)
     return SamplerConfig(gen_length=n_masked, steps=args.steps or n_masked, block_length=block,
-                         temperature=args.temperature, remasking=args.remasking,
+                         temperature=args.temperature, remasking=args.remasking, threshold=args.threshold,
                          cache=args.cache or "none", cache_kp=args.cache_kp, cache_kr=args.cache_kr,
                          cache_rho=args.cache_rho, cache_stale_first=args.cache_stale_first,
                          cache_fresh_values=args.cache_fresh_values, cota=cota_config(args))
+
+
+def check_threshold(args):
+    """--threshold against the flags it replaces, before the model loads."""
+    if args.threshold is not None and args.remasking == "random":
+        die("--threshold commits the positions the model is sure of; --remasking random ranks them by a "
+            "coin toss, which no confidence threshold can judge: use one or the other")
+    if args.threshold is not None and args.steps is not None:
+        die("--threshold decides the number of steps itself (as many as the blocks need); drop --steps")
 
 
 def check_combinations(args):
@@ -198,7 +212,8 @@ def runner(model, args):
 def report(args, cfg, n_texts, stats, seconds, device):
     rows = sum(stats["rows_per_layer"]) / len(stats["rows_per_layer"])
     cota = f"; CoTA {cota_label(cfg.cota)}" if cfg.cota.ctae or cfg.cota.ctev or cfg.cota.ctar else ""
-    print(f"{n_texts} x {cfg.gen_length} tokens in {cfg.steps} steps, {seconds:.2f}s "
+    threshold = f" (threshold {cfg.threshold:g})" if cfg.threshold is not None else ""
+    print(f"{n_texts} x {cfg.gen_length} tokens in {stats['steps']} steps{threshold}, {seconds:.2f}s "
           f"({n_texts * cfg.gen_length / seconds:.0f} tok/s) on {device.type}, cache {cfg.cache}: "
           f"{rows:,.0f} rows per layer computed{cota}; model {args.checkpoint}", file=sys.stderr)
 
@@ -223,7 +238,8 @@ def cota_lesson(args, model, tokenizer, meta, device):
     adjacent tokens marked; each stats line gives the ARR over the shown prompt and LESSON_HELD_OUT
     held-out stories' first sentences (on the embedded corpus), decoded in the same batch."""
     for flag, used in [("--suffix", args.suffix is not None), ("--sinks", args.sinks), ("--show", args.show),
-                       ("holes", any(map(has_holes, args.prompt or []))), ("--num-samples", args.num_samples > 1)]:
+                       ("holes", any(map(has_holes, args.prompt or []))), ("--num-samples", args.num_samples > 1),
+                       ("--threshold", args.threshold is not None)]:
         if used:
             die(f"the --cota lesson compares four decodes of one prompt; for {flag} pick the cache "
                 f"yourself, e.g. --cota --cache feature")
@@ -274,6 +290,7 @@ def cota_lesson(args, model, tokenizer, meta, device):
 
 def main():
     args = parse_args()
+    check_threshold(args)
     lesson = args.cota is not None and args.cache is None
     args.gen_length = args.gen_length or (LESSON_LENGTH if lesson else SamplerConfig.gen_length)
     preflight(outputs={"--save": args.save}, inputs={"--checkpoint": args.checkpoint},
