@@ -8,6 +8,11 @@
     python sample.py --cache feature --cota released   # dLLM-Cache + CoTA with the authors' code's constants
     python sample.py --prompt "Tom had a red ball." --suffix "Tom was happy again." --gen-length 24
     python sample.py --prompt "Once upon a time, <|hole:3|> had a dog. <|hole:3|> loved it." --show
+    python sample.py --checkpoint runs/ar.pt --show    # an autoregressive model (train_tiny.py --objective ar)
+
+A checkpoint trained with `--objective ar` decodes left to right with its K/V cache (`ar_main`):
+one token per step, the same output and stats line; the diffusion sampler's options and holes are
+refused for it.
 
 The generated text goes to stdout (one sample per paragraph); settings, timing and the --show
 animation go to stderr, so `python sample.py > out.txt` keeps only the text.
@@ -22,7 +27,8 @@ import sys
 import torch
 
 from minidlm.checkpoint import CheckpointError, load_model
-from minidlm.cli import (SEED, ArgumentParser, die, number, pick_device, positive_int,
+from minidlm.autoregressive import ar_generate, ar_generate_uncached
+from minidlm.cli import (SEED, ArgumentParser, die, given_options, number, pick_device, positive_int,
                          require_plot_extra, run_main, timed)
 from minidlm.files import preflight
 from minidlm.cache import CACHES
@@ -133,6 +139,9 @@ def build_parser():
                    help="write the denoising of the first sample as an animated GIF, one frame per step "
                         "(for slides; needs Pillow, which the plot extra brings)")
     p.add_argument("--show-delay", type=number(float, 0, 60), default=0.04, help="seconds per frame with --show")
+    p.add_argument("--no-kv-cache", action="store_true",
+                   help="autoregressive checkpoints (train_tiny.py --objective ar): recompute every "
+                        "position at every step, the plain loop the K/V cache must equal (for timing)")
     return p
 
 
@@ -303,6 +312,11 @@ def main():
     warning = plateau_warning(meta)
     if warning:
         print(warning, file=sys.stderr)
+    if model.cfg.causal:
+        return ar_main(args, model, tokenizer, device)
+    if args.no_kv_cache:
+        die(f"--no-kv-cache is for autoregressive checkpoints; {args.checkpoint} is a diffusion model "
+            f"(--cache picks its cache, and none is the default)")
     if lesson:
         return cota_lesson(args, model, tokenizer, meta, device)
     texts = [t for t in (args.prompt or [""]) for _ in range(args.num_samples)]
@@ -338,6 +352,48 @@ def main():
         if args.plot:
             for path in plot(probe, args.plot, P):
                 print(f"wrote {path}", file=sys.stderr)
+
+
+# what an autoregressive checkpoint takes; every other option belongs to the diffusion sampler
+AR_OPTIONS = {"checkpoint", "prompt", "num_samples", "gen_length", "temperature", "seed", "device", "show", "save",
+              "show_delay", "no_kv_cache"}
+
+
+def ar_main(args, model, tokenizer, device):
+    """An autoregressive checkpoint: decode each prompt left to right, one token per step, with the
+    K/V cache (autoregressive.py), or without it (--no-kv-cache). Same output and stats line."""
+    texts = [t for t in (args.prompt or [""]) for _ in range(args.num_samples)]
+    if args.suffix is not None or any(map(has_holes, texts)):
+        die(f"{args.checkpoint} is an autoregressive model: it writes left to right and cannot use the text "
+            f"after a hole (--suffix, {SYNTAX}); give the text before it as --prompt, or use a diffusion model")
+    other = [flag for dest, flag in given_options(build_parser()).items() if dest not in AR_OPTIONS]
+    if other:
+        die(f"{other[0]} is an option of the diffusion sampler; {args.checkpoint} is an autoregressive model, "
+            f"which decodes left to right, one token per step, with its K/V cache")
+    check_combinations(args)  # --save's file name and Pillow
+    prompts = [tokenizer.prompt(t) for t in texts]
+    P, n = max(map(len, prompts)), args.gen_length
+    if P + n > model.cfg.max_seq_len:
+        die(f"prompt ({P} tokens) + gen length ({n}) exceeds the model's context of {model.cfg.max_seq_len} tokens")
+    view = DenoisingView(tokenizer, P, args.show_delay) if args.show else None
+    recorder = FrameRecorder(P) if args.save else None
+    decode = ar_generate_uncached if args.no_kv_cache else ar_generate
+    stats = {}
+    out, seconds = timed(device, lambda: decode(
+        model, prompts, tokenizer.mask_id, tokenizer.eot_id, n, args.temperature, seed=args.seed,
+        on_step=observing(view.draw if view else None, recorder), stats=stats))
+    if view:
+        view.close()
+    if recorder:
+        print(f"wrote {save_gif(args.save, recorder.frames, tokenizer, prompt=texts[0])}", file=sys.stderr)
+    for text, row in zip(texts, out):
+        print(text + continuation_text(tokenizer, row))
+        if len(texts) > 1:
+            print()
+    rows = stats["rows_per_layer"][0]
+    print(f"{len(texts)} x {n} tokens in {stats['steps']} steps, {seconds:.2f}s ({len(texts) * n / seconds:.0f} "
+          f"tok/s) on {device.type}, cache {'none' if args.no_kv_cache else 'kv'}: {rows:,.0f} rows per layer "
+          f"computed; autoregressive, model {args.checkpoint}", file=sys.stderr)
 
 
 def infill_main(args, model, tokenizer, texts, device):

@@ -5,6 +5,7 @@
     python train_tiny.py --data my.txt --out runs/mine.pt
     python train_tiny.py --minutes 3             # stop after 3 minutes of training (or --steps)
     python train_tiny.py --resume                # continue runs/tiny.pt from runs/tiny.state.pt
+    python train_tiny.py --objective ar --out runs/ar.pt   # the same network trained left to right
     torchrun --standalone --nproc_per_node=2 train_tiny.py --threads 1   # DDP (distributed.py)
 
 The recipe (docs/training.md has the ablation): Muon on the blocks' matrices and AdamW on the rest
@@ -16,6 +17,11 @@ NELBO over all t (`evaluate_nelbo`), printed beside the unigram entropy of the v
 The forward runs under bf16 autocast where the hardware multiplies bf16 natively (CUDA, or a CPU
 with AVX512-BF16 or AMX: about 1.3x the tokens/s at the same NELBO per token); float32 elsewhere
 and with --no-bf16. Weights, optimizer and evaluation stay float32.
+
+`--objective ar` trains the autoregressive baseline: the same network, tokenizer, data, optimizer
+and schedule, with a causal mask and the next-token loss (diffusion.ar_loss); its validation number
+is the exact NLL (`evaluate_nll`), not a bound. The diffusion-only options (--t-min, --t-max,
+--plain-ce, the sink's, --eval-mc, --curve-every) are refused with it. docs/ar-vs-diffusion.md.
 
 Progress goes to stderr; the model is saved atomically to --out (plus a resumable .state.pt beside
 it) at every evaluation. Ctrl-C finishes the current step, saves, prints the --resume command and
@@ -43,14 +49,15 @@ from functools import partial
 import torch
 
 from minidlm.checkpoint import CheckpointError, atomic_save, read, save_model, state_path
-from minidlm.cli import (SEED, ArgumentParser, GracefulStop, die, number, pick_device, positive_int,
-                         run_main)
+from minidlm.cli import (SEED, ArgumentParser, GracefulStop, die, given_options, number, pick_device,
+                         positive_int, run_main)
 from minidlm.files import check_readable_file, preflight, same_file
 from minidlm.corpus import CorpusError
 from minidlm.data import fixed_windows, load_documents, random_windows, token_stream
-from minidlm.diffusion import evaluate_nelbo
+from minidlm.diffusion import evaluate_nelbo, evaluate_nll
 from minidlm.distributed import Ranks
-from minidlm.evaluate import describe_nelbo, held_out_prompts, sample_grammatical_rate, unigram_entropy_bits
+from minidlm.evaluate import (describe_nelbo, describe_nll, held_out_prompts, sample_grammatical_rate,
+                              unigram_entropy_bits)
 from minidlm.model import DiffusionLM, ModelConfig
 from minidlm.optim import build_optimizers, lr_factor, set_lr
 from minidlm.sampler import SamplerConfig
@@ -65,6 +72,12 @@ def build_parser():
     p = ArgumentParser(description="Train a tiny masked-diffusion language model.")
     p.add_argument("--out", default="runs/tiny.pt", help="model checkpoint to write (default %(default)s)")
     p.add_argument("--data", default=None, help="a UTF-8 text file to train on instead of the embedded corpus")
+    p.add_argument("--objective", choices=OBJECTIVES, default=T.objective,
+                   help="diffusion: the masked-diffusion model (default); ar: the same network with a "
+                        "causal mask and the next-token loss, the autoregressive baseline")
+    p.add_argument("--train-fraction", type=number(float, 0, 1, lo_open=True), default=1.0,
+                   help="train on this share of the training documents only (the first ones), so a "
+                        "run sees them more often; validation is unchanged (default 1)")
     p.add_argument("--sink", action="store_true", help="add the extra [SINK] token (arXiv 2601.19657)")
     p.add_argument("--sink-no-rotation", action="store_true",
                    help="with --sink: score the sink's key without RoPE (an experiment, not the paper)")
@@ -118,9 +131,19 @@ def build_parser():
     return p
 
 
+OBJECTIVES = ("diffusion", "ar")
+# what only the masked-diffusion objective uses (refused with --objective ar)
+DIFFUSION_ONLY = ("t_min", "t_max", "plain_ce", "sink", "sink_no_rotation", "sink_value", "eval_mc", "curve_every")
+
+
 def parse_args(argv=None):
     p = build_parser()
     args = p.parse_args(argv)
+    if args.objective == "ar":
+        used = [flag for dest, flag in given_options(p, argv).items() if dest in DIFFUSION_ONLY]
+        if used:
+            p.error(f"{used[0]} is an option of the masked-diffusion objective; --objective ar trains on "
+                    f"the next token with a causal mask (no masking, no [SINK], an exact validation NLL)")
     if args.sink_no_rotation and not args.sink:
         p.error("--sink-no-rotation needs --sink")
     if args.sink_value != "learned" and not args.sink:
@@ -134,7 +157,7 @@ def parse_args(argv=None):
 
 
 # what a resumed run must share with the saved one (model shape, data, batches, optimizer state)
-RESUME_MUST_MATCH = ("n_layer", "n_head", "d_model", "seq_len", "vocab_size", "sink", "sink_no_rotation",
+RESUME_MUST_MATCH = ("objective", "train_fraction", "n_layer", "n_head", "d_model", "seq_len", "vocab_size", "sink", "sink_no_rotation",
                      "sink_value", "qk_norm", "relu2", "unigram_bias", "data", "seed", "batch_size", "optimizer")
 
 
@@ -144,7 +167,7 @@ def model_config(args, vocab_size: int) -> ModelConfig:
                        sink_rotation=not args.sink_no_rotation, sink_value=args.sink_value,
                        qk_norm=args.qk_norm,
                        mlp_act="relu2" if args.relu2 else "gelu", head_bias=args.unigram_bias,
-                       zero_init=args.zero_init)
+                       zero_init=args.zero_init, causal=args.objective == "ar")
 
 
 def state_owner(path: str):
@@ -236,7 +259,8 @@ def resume_state(args) -> dict:
     if missing or not isinstance(state["args"], dict):
         why = f"it has no {missing[0]!r}" if missing else "its 'args' is not a dict"
         die(f"cannot resume: {state_path(args.out)} is not a training state saved by train_tiny.py ({why})")
-    saved = {"sink_value": "learned", **state["args"]}  # older runs had only the learned one
+    # older runs had only the learned sink, the diffusion objective and all of the data
+    saved = {"sink_value": "learned", "objective": "diffusion", "train_fraction": 1.0, **state["args"]}
     for key in RESUME_MUST_MATCH:
         if key not in saved:
             die(f"cannot resume: {state_path(args.out)} was saved by an older train_tiny.py "
@@ -257,6 +281,8 @@ def load_data(args, state, device, say):
         die(str(e))
     tokenizer = (Tokenizer.from_state_dict(state["tokenizer"]) if state
                  else Tokenizer.train(train_docs, vocab_size=args.vocab_size))
+    if args.train_fraction < 1:  # repeated data: the first share of the documents, seen more often
+        train_docs = train_docs[:max(1, round(args.train_fraction * len(train_docs)))]
     train_stream = token_stream(tokenizer, train_docs)
     val_stream = token_stream(tokenizer, val_docs)
     if len(train_stream) < 2 * args.seq_len:
@@ -375,7 +401,8 @@ class Run:
                 set_lr(self.opts, lr_factor(self.progress(), self.step, args.warmup, args.schedule, args.cooldown))
                 x0 = random_windows(self.train_stream, args.batch_size, args.seq_len, self.batch_gen)
                 loss = train_step(self.trained, self.opts, x0.to(self.device), self.tokenizer.mask_id,
-                                  self.mask_gen, args, ranks.rows(args.batch_size), self.autocast)
+                                  self.mask_gen, args, ranks.rows(args.batch_size), self.autocast,
+                                  bos_id=self.tokenizer.eot_id)
                 loss_value = ranks.mean(loss).item()
                 if not math.isfinite(loss_value):
                     die(f"loss became {loss_value} at step {self.step}; stopping. The last good checkpoint "
@@ -409,8 +436,13 @@ class Run:
                  f"{point['top_value_ratio']:.2f}{sink}")
 
     def validate(self, n_mc):
+        """Validation nats/token: the NELBO (a bound, n_mc samples per window), or for the
+        autoregressive model the exact NLL."""
         self.model.eval()
-        nats, se = evaluate_nelbo(self.model, self.val, self.tokenizer.mask_id, n_mc=n_mc, seed=self.args.seed)
+        if self.cfg.causal:
+            nats, se = evaluate_nll(self.model, self.val, self.tokenizer.eot_id)
+        else:
+            nats, se = evaluate_nelbo(self.model, self.val, self.tokenizer.mask_id, n_mc=n_mc, seed=self.args.seed)
         self.model.train()
         return nats, se
 
@@ -419,12 +451,14 @@ class Run:
                            "train_seconds": self.train_seconds, "bits": nats / math.log(2)})
 
     def report(self, label, nats, se):
-        self.say(("\n" if self.tty else "") + f"{label}: model {describe_nelbo(nats, se)}; word frequencies "
+        describe = describe_nll if self.cfg.causal else describe_nelbo
+        self.say(("\n" if self.tty else "") + f"{label}: model {describe(nats, se)}; word frequencies "
                  f"alone {self.unigram_bits:.2f} bits/token")
 
     def save(self, final_metrics=None):
         args, records = self.args, {"curve": self.curve, "evals": self.evals, "losses": self.losses}
-        meta = {"command": self.command, "args": vars(args), "bf16": self.autocast is not None,
+        meta = {"command": self.command, "args": vars(args), "objective": args.objective,
+                "bf16": self.autocast is not None,
                 "step": self.step, "metrics": final_metrics or {}, "unigram_bits_per_token": self.unigram_bits,
                 **records}
         save_model(args.out, self.model, self.tokenizer, meta)
@@ -443,7 +477,8 @@ class Run:
             print(file=sys.stderr)
         nats, se = self.validate(n_mc=args.eval_mc)
         minutes = self.train_seconds / 60
-        metrics = {"val_nelbo_nats": nats, "val_nelbo_se": se, "val_bits_per_token": nats / math.log(2),
+        measure = "nll" if self.cfg.causal else "nelbo"  # exact, or the bound
+        metrics = {f"val_{measure}_nats": nats, f"val_{measure}_se": se, "val_bits_per_token": nats / math.log(2),
                    "unigram_bits_per_token": self.unigram_bits, "train_minutes": minutes,
                    "tokens_seen": self.step * self.tokens_per_step}
         self.record_eval(nats)
@@ -462,7 +497,7 @@ class Run:
             print(f"no grammatical rate: --seq-len {self.args.seq_len} leaves no room to sample 32 tokens "
                   f"after a prompt", file=sys.stderr)
             return {}
-        rate, n, _ = sample_grammatical_rate(self.model, self.tokenizer, prompts,
+        rate, n, _ = sample_grammatical_rate(self.model, self.tokenizer, prompts,  # left to right if causal
                                              SamplerConfig(gen_length=gen, steps=gen, block_length=32))
         self.say(f"grammatical rate of greedy samples: {rate:.1%} of {n} sentences")
         return dict(grammatical_rate=rate, grammatical_sentences=n)

@@ -31,6 +31,22 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n" if first_rank() else None)
 
 
+def given_options(parser, argv=None) -> dict:
+    """{dest: the option string as typed} of the options that `argv` (default sys.argv[1:]) sets
+    explicitly, however spelled (abbreviated, --flag=value, --no-flag). Parses a second time with
+    every default suppressed, so only what was given remains."""
+    argv = sys.argv[1:] if argv is None else argv
+    saved = {a: a.default for a in parser._actions}
+    try:
+        for a in parser._actions:
+            a.default = argparse.SUPPRESS
+        given = vars(parser.parse_known_args(argv)[0])
+    finally:
+        for a, default in saved.items():
+            a.default = default
+    return {a.dest: a.option_strings[0] for a in parser._actions if a.dest in given and a.option_strings}
+
+
 def die(message: str, code: int = 2):
     """End the program with one clear line on stderr; code 2 means bad input."""
     if first_rank():

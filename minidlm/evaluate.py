@@ -12,6 +12,7 @@ import math
 import torch
 
 from .corpus import complete_sentences, grammatical_rate, split_sentences
+from .autoregressive import ar_generate
 from .sampler import SamplerConfig, generate
 
 
@@ -27,11 +28,17 @@ def continuation_text(tokenizer, row) -> str:
 
 @torch.no_grad()
 def sample_grammatical_rate(model, tokenizer, prompts, cfg: SamplerConfig, seed=0, batch_size=16):
-    """(rate over all complete generated sentences, number of such sentences, the texts)."""
+    """(rate over all complete generated sentences, number of such sentences, the texts). An
+    autoregressive model decodes left to right (cfg's gen_length and temperature; the rest is
+    the diffusion sampler's)."""
     texts = []
     for start in range(0, len(prompts), batch_size):
         batch = [tokenizer.prompt(p) for p in prompts[start:start + batch_size]]
-        out = generate(model, batch, tokenizer.mask_id, tokenizer.eot_id, cfg, seed=seed + start)
+        if model.cfg.causal:
+            out = ar_generate(model, batch, tokenizer.mask_id, tokenizer.eot_id, cfg.gen_length,
+                              cfg.temperature, seed=seed + start)
+        else:
+            out = generate(model, batch, tokenizer.mask_id, tokenizer.eot_id, cfg, seed=seed + start)
         texts.extend(continuation_text(tokenizer, row) for row in out)
     n = sum(len(complete_sentences(text)) for text in texts)
     return grammatical_rate(texts), n, texts
@@ -104,8 +111,15 @@ def describe_nelbo(nats: float, se: float) -> str:
     """One line: bits per token and the perplexity bound, each with its standard error."""
     bits, bits_se = nats / math.log(2), se / math.log(2)
     ppl = math.exp(nats) if nats < 700 else float("inf")  # a diverged model must not crash the log
-    return (f"val NELBO {bits:.3f} +- {bits_se:.3f} bits/token "
+    return (f"val NELBO (a bound) {bits:.3f} +- {bits_se:.3f} bits/token "
             f"(perplexity <= {ppl:.2f} +- {ppl * se:.2f})")
+
+
+def describe_nll(nats: float, se: float) -> str:
+    """The same for an autoregressive model, whose number is the exact NLL, not a bound."""
+    bits, bits_se = nats / math.log(2), se / math.log(2)
+    ppl = math.exp(nats) if nats < 700 else float("inf")
+    return f"val NLL (exact) {bits:.3f} +- {bits_se:.3f} bits/token (perplexity {ppl:.2f} +- {ppl * se:.2f})"
 
 
 def unigram_entropy_bits(windows, vocab_size: int) -> float:

@@ -77,7 +77,8 @@ def run(flags, out, log):
             die(f"training failed (exit {result.returncode}); see {log}", code=1)
     meta = read(out)["meta"]
     m = meta["metrics"]
-    return {"bits": m["val_bits_per_token"], "se_bits": m["val_nelbo_se"] / math.log(2),
+    se = m["val_nelbo_se"] if "val_nelbo_se" in m else m["val_nll_se"]  # the bound, or an AR run's exact NLL
+    return {"bits": m["val_bits_per_token"], "se_bits": se / math.log(2),
             "unigram_bits": m["unigram_bits_per_token"], "grammatical": m.get("grammatical_rate"),
             "tokens": m["tokens_seen"], "minutes": m["train_minutes"],
             "tok_s": m["tokens_seen"] / (60 * m["train_minutes"]), "command": meta["command"]}
