@@ -139,7 +139,7 @@ def test_a_prompt_plus_generation_that_exactly_fills_the_context_is_accepted_one
 # ---- what resume must refuse to change ----------------------------------------------------------
 
 # written out here, not read from train_tiny.py: the rule, stated once more
-MUST_MATCH = ["n_layer", "n_head", "d_model", "seq_len", "vocab_size", "sink", "sink_no_rotation",
+MUST_MATCH = ["objective", "train_fraction", "n_layer", "n_head", "d_model", "seq_len", "vocab_size", "sink", "sink_no_rotation",
               "sink_value", "qk_norm", "relu2", "unigram_bias", "data", "seed", "batch_size", "optimizer"]
 MAY_CHANGE = ["steps", "minutes", "lr", "muon_lr", "weight_decay", "warmup", "schedule", "cooldown", "t_min",
               "t_max", "plain_ce", "eval_interval", "eval_mc", "curve_every", "threads", "device", "bf16",
