@@ -3,6 +3,7 @@
     python bench.py            # batch 1 and 8, prompt 32 + 128 generated tokens, 1 token/step, block 32
     python bench.py --quick    # the same at 64 generated tokens, one timed run: under a minute
     python bench.py --train    # training steps of the default train_tiny.py model and recipe
+    python bench.py --profile dual --threads 1   # where a dual-cache step spends its time (torch.profiler)
 
 --train prints tokens/s, the FLOPs per token counted from the model config (forward + backward =
 3 x forward; forward = 2 x every weight matrix's size + 4 x T x d per layer for the bidirectional
@@ -32,6 +33,7 @@ from minidlm.cli import (ArgumentParser, die, number, pick_device, positive_int,
                          synchronize, timed)
 from minidlm.files import preflight, write_json
 from minidlm.data import load_documents
+from minidlm.evaluate import context_problem
 from minidlm.sampler import SamplerConfig, generate, llada_generate
 
 
@@ -107,6 +109,32 @@ def train_benchmark(device, seconds: float, json_path=None):
         write_json(json_path, rows)
 
 
+def profile_steps(model, tok, stories, device, cache: str, batch: int, gen_length: int, top: int = 12):
+    """torch.profiler over one generate call of `cache` (after a warm-up): the operators that take
+    the most time per denoising step, and how many operator calls a step makes."""
+    from torch.profiler import ProfilerActivity, profile
+    cfg, stats = SamplerConfig(gen_length=gen_length, steps=gen_length, block_length=32, cache=cache), {}
+    run = lambda: generate(model, stories[:batch], tok.mask_id, tok.eot_id, cfg, stats=stats)
+    run()
+    _, wall = best_of(run, device, 2)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        run()
+        synchronize(device)
+    steps = stats["steps"]
+    events = [e for e in prof.key_averages() if e.key.startswith("aten::")]
+    total = sum(e.self_cpu_time_total for e in events)
+    calls = sum(e.count for e in events)
+    print(f"\ncache {cache}, batch {batch}: {1e3 * wall / steps:.2f} ms per step (best of 2, no profiler); "
+          f"under the profiler {total / steps / 1e3:.2f} ms of aten self time and {calls / steps:.0f} aten "
+          f"calls per step (mean over the {steps} steps of one call)")
+    print("| operator | calls/step | ms/step | share |")
+    print("|---|---|---|---|")
+    for e in sorted(events, key=lambda e: -e.self_cpu_time_total)[:top]:
+        print(f"| {e.key} | {e.count / steps:.0f} | {e.self_cpu_time_total / steps / 1e3:.3f} | "
+              f"{e.self_cpu_time_total / total:.0%} |")
+
+
 def build_parser():
     p = ArgumentParser(description="Benchmark the sampler's caches or training (prints ratios, not a test).")
     p.add_argument("--checkpoint", default="checkpoints/tiny.pt")
@@ -116,7 +144,11 @@ def build_parser():
     p.add_argument("--prompt-length", type=positive_int, default=32)
     p.add_argument("--repeats", type=number(int, 1, 1000), default=3, help="timed runs per row (best is kept)")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the rows as JSON here")
+    p.add_argument("--threads", type=number(int, 1, 1024), default=None,
+                   help="torch CPU threads (default: torch's; pass 1 on a shared machine)")
     p.add_argument("--train", action="store_true", help="benchmark training steps instead of sampling")
+    p.add_argument("--profile", default=None, choices=["none", "prefix", "dual", "feature"],
+                   help="instead: torch.profiler's operators per step of this cache, at each --batch-sizes")
     p.add_argument("--seconds", type=number(float, 0.1, 3600), default=10.0, help="--train: seconds of timed steps")
     return p
 
@@ -128,6 +160,8 @@ def main():
         device = pick_device(args.device)
     except ValueError as e:
         die(str(e))
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.train:
         return train_benchmark(device, args.seconds, args.json)
     try:
@@ -136,9 +170,19 @@ def main():
         die(str(e))
     gen_length = 64 if args.quick else 128
     repeats = 1 if args.quick else args.repeats
+    problem = context_problem(args.checkpoint, model, args.prompt_length, gen_length, "the benchmark")
+    if problem:
+        die(problem)
     _, val_docs = load_documents(None)
     stories = [tok.prompt(d) for d in val_docs]
     stories = [s[: args.prompt_length] for s in stories if len(s) >= args.prompt_length]
+    if len(stories) < max(args.batch_sizes):
+        die(f"only {len(stories)} held-out stories have --prompt-length {args.prompt_length} tokens, and "
+            f"--batch-sizes asks for {max(args.batch_sizes)} prompts: give a shorter --prompt-length")
+    if args.profile:
+        for B in args.batch_sizes:
+            profile_steps(model, tok, stories, device, args.profile, B, gen_length)
+        return
     rows = {
         "uncached": dict(cache="none"),
         "prefix": dict(cache="prefix"),

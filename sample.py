@@ -8,6 +8,11 @@
     python sample.py --cache feature --cota released   # dLLM-Cache + CoTA with the authors' code's constants
     python sample.py --prompt "Tom had a red ball." --suffix "Tom was happy again." --gen-length 24
     python sample.py --prompt "Once upon a time, <|hole:3|> had a dog. <|hole:3|> loved it." --show
+    python sample.py --checkpoint runs/ar.pt --show    # an autoregressive model (train_tiny.py --objective ar)
+
+A checkpoint trained with `--objective ar` decodes left to right with its K/V cache (`ar_main`):
+one token per step, the same output and stats line; the diffusion sampler's options and holes are
+refused for it.
 
 The generated text goes to stdout (one sample per paragraph); settings, timing and the --show
 animation go to stderr, so `python sample.py > out.txt` keeps only the text.
@@ -22,7 +27,8 @@ import sys
 import torch
 
 from minidlm.checkpoint import CheckpointError, load_model
-from minidlm.cli import (SEED, ArgumentParser, die, number, pick_device, positive_int,
+from minidlm.autoregressive import ar_generate, ar_generate_uncached
+from minidlm.cli import (SEED, ArgumentParser, die, given_options, number, pick_device, positive_int,
                          require_plot_extra, run_main, timed)
 from minidlm.files import preflight
 from minidlm.cache import CACHES
@@ -76,6 +82,11 @@ def build_parser():
                    help=f"0 = greedy (default); else from {MIN_TEMPERATURE:g} (below it logits / T overflows, "
                         f"and sampling is greedy anyway) to 1000")
     p.add_argument("--remasking", default=s.remasking, choices=REMASKING)
+    p.add_argument("--threshold", type=number(float, 0, 1, lo_open=True), default=None, metavar="P",
+                   help="Fast-dLLM's parallel decoding: each step commits every masked position of the "
+                        "block whose confidence is >= P (and at least the most confident one), so the "
+                        "steps are as many as needed, not --steps (default: off, the fixed schedule; "
+                        "0.9 is Fast-dLLM's)")
     p.add_argument("--cache", default=None, choices=list(CACHES),
                    help="reuse work across steps: prefix/dual (Fast-dLLM) or feature (dLLM-Cache) "
                         "(default: none)")
@@ -128,6 +139,9 @@ def build_parser():
                    help="write the denoising of the first sample as an animated GIF, one frame per step "
                         "(for slides; needs Pillow, which the plot extra brings)")
     p.add_argument("--show-delay", type=number(float, 0, 60), default=0.04, help="seconds per frame with --show")
+    p.add_argument("--no-kv-cache", action="store_true",
+                   help="autoregressive checkpoints (train_tiny.py --objective ar): recompute every "
+                        "position at every step, the plain loop the K/V cache must equal (for timing)")
     return p
 
 
@@ -164,10 +178,19 @@ def sampler_config(args, n_masked: int) -> SamplerConfig:
     block = args.block_length or (SamplerConfig.block_length if n_masked % SamplerConfig.block_length == 0
                                   else n_masked)
     return SamplerConfig(gen_length=n_masked, steps=args.steps or n_masked, block_length=block,
-                         temperature=args.temperature, remasking=args.remasking,
+                         temperature=args.temperature, remasking=args.remasking, threshold=args.threshold,
                          cache=args.cache or "none", cache_kp=args.cache_kp, cache_kr=args.cache_kr,
                          cache_rho=args.cache_rho, cache_stale_first=args.cache_stale_first,
                          cache_fresh_values=args.cache_fresh_values, cota=cota_config(args))
+
+
+def check_threshold(args):
+    """--threshold against the flags it replaces, before the model loads."""
+    if args.threshold is not None and args.remasking == "random":
+        die("--threshold commits the positions the model is sure of; --remasking random ranks them by a "
+            "coin toss, which no confidence threshold can judge: use one or the other")
+    if args.threshold is not None and args.steps is not None:
+        die("--threshold decides the number of steps itself (as many as the blocks need); drop --steps")
 
 
 def check_combinations(args):
@@ -198,7 +221,8 @@ def runner(model, args):
 def report(args, cfg, n_texts, stats, seconds, device):
     rows = sum(stats["rows_per_layer"]) / len(stats["rows_per_layer"])
     cota = f"; CoTA {cota_label(cfg.cota)}" if cfg.cota.ctae or cfg.cota.ctev or cfg.cota.ctar else ""
-    print(f"{n_texts} x {cfg.gen_length} tokens in {cfg.steps} steps, {seconds:.2f}s "
+    threshold = f" (threshold {cfg.threshold:g})" if cfg.threshold is not None else ""
+    print(f"{n_texts} x {cfg.gen_length} tokens in {stats['steps']} steps{threshold}, {seconds:.2f}s "
           f"({n_texts * cfg.gen_length / seconds:.0f} tok/s) on {device.type}, cache {cfg.cache}: "
           f"{rows:,.0f} rows per layer computed{cota}; model {args.checkpoint}", file=sys.stderr)
 
@@ -223,7 +247,8 @@ def cota_lesson(args, model, tokenizer, meta, device):
     adjacent tokens marked; each stats line gives the ARR over the shown prompt and LESSON_HELD_OUT
     held-out stories' first sentences (on the embedded corpus), decoded in the same batch."""
     for flag, used in [("--suffix", args.suffix is not None), ("--sinks", args.sinks), ("--show", args.show),
-                       ("holes", any(map(has_holes, args.prompt or []))), ("--num-samples", args.num_samples > 1)]:
+                       ("holes", any(map(has_holes, args.prompt or []))), ("--num-samples", args.num_samples > 1),
+                       ("--threshold", args.threshold is not None)]:
         if used:
             die(f"the --cota lesson compares four decodes of one prompt; for {flag} pick the cache "
                 f"yourself, e.g. --cota --cache feature")
@@ -274,6 +299,7 @@ def cota_lesson(args, model, tokenizer, meta, device):
 
 def main():
     args = parse_args()
+    check_threshold(args)
     lesson = args.cota is not None and args.cache is None
     args.gen_length = args.gen_length or (LESSON_LENGTH if lesson else SamplerConfig.gen_length)
     preflight(outputs={"--save": args.save}, inputs={"--checkpoint": args.checkpoint},
@@ -286,6 +312,11 @@ def main():
     warning = plateau_warning(meta)
     if warning:
         print(warning, file=sys.stderr)
+    if model.cfg.causal:
+        return ar_main(args, model, tokenizer, device)
+    if args.no_kv_cache:
+        die(f"--no-kv-cache is for autoregressive checkpoints; {args.checkpoint} is a diffusion model "
+            f"(--cache picks its cache, and none is the default)")
     if lesson:
         return cota_lesson(args, model, tokenizer, meta, device)
     texts = [t for t in (args.prompt or [""]) for _ in range(args.num_samples)]
@@ -321,6 +352,48 @@ def main():
         if args.plot:
             for path in plot(probe, args.plot, P):
                 print(f"wrote {path}", file=sys.stderr)
+
+
+# what an autoregressive checkpoint takes; every other option belongs to the diffusion sampler
+AR_OPTIONS = {"checkpoint", "prompt", "num_samples", "gen_length", "temperature", "seed", "device", "show", "save",
+              "show_delay", "no_kv_cache"}
+
+
+def ar_main(args, model, tokenizer, device):
+    """An autoregressive checkpoint: decode each prompt left to right, one token per step, with the
+    K/V cache (autoregressive.py), or without it (--no-kv-cache). Same output and stats line."""
+    texts = [t for t in (args.prompt or [""]) for _ in range(args.num_samples)]
+    if args.suffix is not None or any(map(has_holes, texts)):
+        die(f"{args.checkpoint} is an autoregressive model: it writes left to right and cannot use the text "
+            f"after a hole (--suffix, {SYNTAX}); give the text before it as --prompt, or use a diffusion model")
+    other = [flag for dest, flag in given_options(build_parser()).items() if dest not in AR_OPTIONS]
+    if other:
+        die(f"{other[0]} is an option of the diffusion sampler; {args.checkpoint} is an autoregressive model, "
+            f"which decodes left to right, one token per step, with its K/V cache")
+    check_combinations(args)  # --save's file name and Pillow
+    prompts = [tokenizer.prompt(t) for t in texts]
+    P, n = max(map(len, prompts)), args.gen_length
+    if P + n > model.cfg.max_seq_len:
+        die(f"prompt ({P} tokens) + gen length ({n}) exceeds the model's context of {model.cfg.max_seq_len} tokens")
+    view = DenoisingView(tokenizer, P, args.show_delay) if args.show else None
+    recorder = FrameRecorder(P) if args.save else None
+    decode = ar_generate_uncached if args.no_kv_cache else ar_generate
+    stats = {}
+    out, seconds = timed(device, lambda: decode(
+        model, prompts, tokenizer.mask_id, tokenizer.eot_id, n, args.temperature, seed=args.seed,
+        on_step=observing(view.draw if view else None, recorder), stats=stats))
+    if view:
+        view.close()
+    if recorder:
+        print(f"wrote {save_gif(args.save, recorder.frames, tokenizer, prompt=texts[0])}", file=sys.stderr)
+    for text, row in zip(texts, out):
+        print(text + continuation_text(tokenizer, row))
+        if len(texts) > 1:
+            print()
+    rows = stats["rows_per_layer"][0]
+    print(f"{len(texts)} x {n} tokens in {stats['steps']} steps, {seconds:.2f}s ({len(texts) * n / seconds:.0f} "
+          f"tok/s) on {device.type}, cache {'none' if args.no_kv_cache else 'kv'}: {rows:,.0f} rows per layer "
+          f"computed; autoregressive, model {args.checkpoint}", file=sys.stderr)
 
 
 def infill_main(args, model, tokenizer, texts, device):

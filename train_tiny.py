@@ -5,6 +5,7 @@
     python train_tiny.py --data my.txt --out runs/mine.pt
     python train_tiny.py --minutes 3             # stop after 3 minutes of training (or --steps)
     python train_tiny.py --resume                # continue runs/tiny.pt from runs/tiny.state.pt
+    python train_tiny.py --objective ar --out runs/ar.pt   # the same network trained left to right
     torchrun --standalone --nproc_per_node=2 train_tiny.py --threads 1   # DDP (distributed.py)
 
 The recipe (docs/training.md has the ablation): Muon on the blocks' matrices and AdamW on the rest
@@ -16,6 +17,11 @@ NELBO over all t (`evaluate_nelbo`), printed beside the unigram entropy of the v
 The forward runs under bf16 autocast where the hardware multiplies bf16 natively (CUDA, or a CPU
 with AVX512-BF16 or AMX: about 1.3x the tokens/s at the same NELBO per token); float32 elsewhere
 and with --no-bf16. Weights, optimizer and evaluation stay float32.
+
+`--objective ar` trains the autoregressive baseline: the same network, tokenizer, data, optimizer
+and schedule, with a causal mask and the next-token loss (diffusion.ar_loss); its validation number
+is the exact NLL (`evaluate_nll`), not a bound. The diffusion-only options (--t-min, --t-max,
+--plain-ce, the sink's, --eval-mc, --curve-every) are refused with it. docs/ar-vs-diffusion.md.
 
 Progress goes to stderr; the model is saved atomically to --out (plus a resumable .state.pt beside
 it) at every evaluation. Ctrl-C finishes the current step, saves, prints the --resume command and
@@ -44,15 +50,16 @@ from functools import partial
 import torch
 
 from minidlm.checkpoint import CheckpointError, atomic_save, read, save_model, state_path
-from minidlm.cli import (SEED, ArgumentParser, GracefulStop, die, number, pick_device, positive_int,
-                         run_main)
+from minidlm.cli import (SEED, ArgumentParser, GracefulStop, die, given_options, number, pick_device,
+                         positive_int, run_main)
 from minidlm.files import check_readable_file, preflight, same_file
 from minidlm.copy_probe import make_cases, training_curve_point as copy_curve_point
 from minidlm.corpus import NAME_SHARE, CorpusError
 from minidlm.data import fixed_windows, load_documents, random_windows, token_stream
-from minidlm.diffusion import evaluate_nelbo
+from minidlm.diffusion import evaluate_nelbo, evaluate_nll
 from minidlm.distributed import Ranks
-from minidlm.evaluate import describe_nelbo, held_out_prompts, sample_grammatical_rate, unigram_entropy_bits
+from minidlm.evaluate import (describe_nelbo, describe_nll, held_out_prompts, sample_grammatical_rate,
+                              unigram_entropy_bits)
 from minidlm.model import DiffusionLM, ModelConfig
 from minidlm.optim import build_optimizers, lr_factor, set_lr
 from minidlm.sampler import SamplerConfig
@@ -67,6 +74,12 @@ def build_parser():
     p = ArgumentParser(description="Train a tiny masked-diffusion language model.")
     p.add_argument("--out", default="runs/tiny.pt", help="model checkpoint to write (default %(default)s)")
     p.add_argument("--data", default=None, help="a UTF-8 text file to train on instead of the embedded corpus")
+    p.add_argument("--objective", choices=OBJECTIVES, default=T.objective,
+                   help="diffusion: the masked-diffusion model (default); ar: the same network with a "
+                        "causal mask and the next-token loss, the autoregressive baseline")
+    p.add_argument("--train-fraction", type=number(float, 0, 1, lo_open=True), default=1.0,
+                   help="train on this share of the training documents only (the first ones), so a "
+                        "run sees them more often; validation is unchanged (default 1)")
     p.add_argument("--sink", action="store_true", help="add the extra [SINK] token (arXiv 2601.19657)")
     p.add_argument("--sink-no-rotation", action="store_true",
                    help="with --sink: score the sink's key without RoPE (an experiment, not the paper)")
@@ -126,9 +139,20 @@ def build_parser():
     return p
 
 
+OBJECTIVES = ("diffusion", "ar")
+# what only the masked-diffusion objective uses (refused with --objective ar)
+DIFFUSION_ONLY = ("t_min", "t_max", "plain_ce", "sink", "sink_no_rotation", "sink_value", "eval_mc", "curve_every",
+                  "copy_every")
+
+
 def parse_args(argv=None):
     p = build_parser()
     args = p.parse_args(argv)
+    if args.objective == "ar":
+        used = [flag for dest, flag in given_options(p, argv).items() if dest in DIFFUSION_ONLY]
+        if used:
+            p.error(f"{used[0]} is an option of the masked-diffusion objective; --objective ar trains on "
+                    f"the next token with a causal mask (no masking, no [SINK], an exact validation NLL)")
     if args.sink_no_rotation and not args.sink:
         p.error("--sink-no-rotation needs --sink")
     if args.sink_value != "learned" and not args.sink:
@@ -148,7 +172,7 @@ def parse_args(argv=None):
 COPY_STORIES = 128  # held-out stories the copy probe tries (about 110 name their hero twice)
 
 # what a resumed run must share with the saved one (model shape, data, batches, optimizer state)
-RESUME_MUST_MATCH = ("n_layer", "n_head", "d_model", "seq_len", "vocab_size", "sink", "sink_no_rotation",
+RESUME_MUST_MATCH = ("objective", "train_fraction", "n_layer", "n_head", "d_model", "seq_len", "vocab_size", "sink", "sink_no_rotation",
                      "sink_value", "qk_norm", "relu2", "unigram_bias", "data", "name_share", "seed", "batch_size", "optimizer")
 
 
@@ -158,7 +182,7 @@ def model_config(args, vocab_size: int) -> ModelConfig:
                        sink_rotation=not args.sink_no_rotation, sink_value=args.sink_value,
                        qk_norm=args.qk_norm,
                        mlp_act="relu2" if args.relu2 else "gelu", head_bias=args.unigram_bias,
-                       zero_init=args.zero_init)
+                       zero_init=args.zero_init, causal=args.objective == "ar")
 
 
 def state_owner(path: str):
@@ -201,6 +225,41 @@ def preflight_paths(args):
             die(problem)
 
 
+def memory_needed(args, world: int = 1) -> tuple:
+    """(parameters, bytes) of training this model on one process, a lower bound: float32 weights,
+    gradients and two optimizer moments (16 bytes a parameter), and the activations the backward
+    keeps (Korthikanti et al. 2022: seq * batch * d * 34 bytes a layer in 16 bits, twice that in
+    float32, leaving out the attention matrices, which a fused attention kernel never stores) for
+    this process's share of the batch."""
+    d, L, V, T = args.d_model, args.n_layer, args.vocab_size, args.seq_len + int(args.sink)
+    params = L * (12 * d * d + 4 * d) + 2 * V * d + V + d
+    rows = max(1, args.batch_size // world)
+    activations = 2 * L * T * rows * d * 34
+    return params, 16 * params + activations
+
+
+def device_memory(device) -> int | None:
+    """Bytes of memory the device has in all (None if unknown)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[1]
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_size(args, device, world: int = 1):
+    """Refuse, before building anything, a model (--d-model, --n-layer, --vocab-size) or batch
+    (--batch-size x --seq-len) that cannot fit in this machine's memory."""
+    params, need = memory_needed(args, world)
+    have = device_memory(device)
+    if have is not None and need > have:
+        gb = lambda n: f"{n / 2**30:,.1f} GB" if n < 2**50 else f"{n:.1e} bytes"
+        die(f"--n-layer {args.n_layer} --d-model {args.d_model} (--batch-size {args.batch_size} x --seq-len "
+            f"{args.seq_len}) is a model of {params:,.0f} parameters that needs at least {gb(need)} to train; "
+            f"this {device.type} has {gb(have)}: choose a smaller --d-model, --n-layer, --batch-size or --seq-len")
+
+
 # what Run reads from a saved training state
 STATE_KEYS = ("args", "step", "model", "optimizer", "tokenizer", "batch_rng", "mask_rng")
 
@@ -215,7 +274,9 @@ def resume_state(args) -> dict:
     if missing or not isinstance(state["args"], dict):
         why = f"it has no {missing[0]!r}" if missing else "its 'args' is not a dict"
         die(f"cannot resume: {state_path(args.out)} is not a training state saved by train_tiny.py ({why})")
-    saved = {"sink_value": "learned", "name_share": NAME_SHARE, **state["args"]}  # older runs: the defaults
+    # older runs had only the learned sink, the diffusion objective, all of the data and the shipped corpus
+    saved = {"sink_value": "learned", "objective": "diffusion", "train_fraction": 1.0, "name_share": NAME_SHARE,
+             **state["args"]}
     for key in RESUME_MUST_MATCH:
         if key not in saved:
             die(f"cannot resume: {state_path(args.out)} was saved by an older train_tiny.py "
@@ -236,6 +297,8 @@ def load_data(args, state, device, say):
         die(str(e))
     tokenizer = (Tokenizer.from_state_dict(state["tokenizer"]) if state
                  else Tokenizer.train(train_docs, vocab_size=args.vocab_size))
+    if args.train_fraction < 1:  # repeated data: the first share of the documents, seen more often
+        train_docs = train_docs[:max(1, round(args.train_fraction * len(train_docs)))]
     train_stream = token_stream(tokenizer, train_docs)
     val_stream = token_stream(tokenizer, val_docs)
     if len(train_stream) < 2 * args.seq_len:
@@ -299,11 +362,7 @@ class Run:
         self.evals = state.get("evals", [])    # quick validations along the run
         self.losses = state.get("losses", [])  # the training loss of every step
         if state:
-            self.model.load_state_dict(state["model"])
-            for opt, saved in zip(self.opts, state["optimizer"]):
-                opt.load_state_dict(saved)
-            self.batch_gen.set_state(state["batch_rng"])
-            self.mask_gen.set_state(state["mask_rng"].to(self.mask_gen.get_state().device))
+            self.load_state(state)
             say(f"resuming {args.out} at step {self.step}")
             if state["args"].get("bf16", True) != args.bf16:
                 say("warning: this run's --bf16/--no-bf16 differs from the saved run's")
@@ -327,6 +386,24 @@ class Run:
         if not make_cases(self.tokenizer, stories, "first", self.args.seq_len):
             die(f"--copy-every: no held-out story fits in --seq-len {self.args.seq_len}")
         return stories
+
+    def load_state(self, state):
+        """The saved weights, optimizer states and random streams, or one line if they do not fit."""
+        try:
+            saved = state["optimizer"]
+            if not isinstance(saved, list) or len(saved) != len(self.opts):
+                n = len(saved) if isinstance(saved, list) else type(saved).__name__
+                raise ValueError(f"it holds {n} optimizer state(s) where --optimizer {self.args.optimizer} keeps "
+                                 f"{len(self.opts)}")
+            self.model.load_state_dict(state["model"])
+            for opt, one in zip(self.opts, saved):
+                opt.load_state_dict(one)
+            self.batch_gen.set_state(state["batch_rng"])
+            self.mask_gen.set_state(state["mask_rng"].to(self.mask_gen.get_state().device))
+        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+            die(f"cannot resume: {state_path(self.args.out)} does not fit this run ({first}); start a new "
+                f"run with --force")
 
     def progress(self) -> float:
         """Share of the run done: of the steps, or of the time budget if that runs out first."""
@@ -354,7 +431,8 @@ class Run:
                 set_lr(self.opts, lr_factor(self.progress(), self.step, args.warmup, args.schedule, args.cooldown))
                 x0 = random_windows(self.train_stream, args.batch_size, args.seq_len, self.batch_gen)
                 loss = train_step(self.trained, self.opts, x0.to(self.device), self.tokenizer.mask_id,
-                                  self.mask_gen, args, ranks.rows(args.batch_size), self.autocast)
+                                  self.mask_gen, args, ranks.rows(args.batch_size), self.autocast,
+                                  bos_id=self.tokenizer.eot_id)
                 loss_value = ranks.mean(loss).item()
                 if not math.isfinite(loss_value):
                     die(f"loss became {loss_value} at step {self.step}; stopping. The last good checkpoint "
@@ -400,8 +478,13 @@ class Run:
                  f"{point['first_margin']:.2f} / {point['later_margin']:.2f} nats)")
 
     def validate(self, n_mc):
+        """Validation nats/token: the NELBO (a bound, n_mc samples per window), or for the
+        autoregressive model the exact NLL."""
         self.model.eval()
-        nats, se = evaluate_nelbo(self.model, self.val, self.tokenizer.mask_id, n_mc=n_mc, seed=self.args.seed)
+        if self.cfg.causal:
+            nats, se = evaluate_nll(self.model, self.val, self.tokenizer.eot_id)
+        else:
+            nats, se = evaluate_nelbo(self.model, self.val, self.tokenizer.mask_id, n_mc=n_mc, seed=self.args.seed)
         self.model.train()
         return nats, se
 
@@ -410,13 +493,15 @@ class Run:
                            "train_seconds": self.train_seconds, "bits": nats / math.log(2)})
 
     def report(self, label, nats, se):
-        self.say(("\n" if self.tty else "") + f"{label}: model {describe_nelbo(nats, se)}; word frequencies "
+        describe = describe_nll if self.cfg.causal else describe_nelbo
+        self.say(("\n" if self.tty else "") + f"{label}: model {describe(nats, se)}; word frequencies "
                  f"alone {self.unigram_bits:.2f} bits/token")
 
     def save(self, final_metrics=None):
         args, records = self.args, {"curve": self.curve, "copy_curve": self.copy_curve, "evals": self.evals,
                                     "losses": self.losses}
-        meta = {"command": self.command, "args": vars(args), "bf16": self.autocast is not None,
+        meta = {"command": self.command, "args": vars(args), "objective": args.objective,
+                "bf16": self.autocast is not None,
                 "step": self.step, "metrics": final_metrics or {}, "unigram_bits_per_token": self.unigram_bits,
                 **records}
         save_model(args.out, self.model, self.tokenizer, meta)
@@ -435,7 +520,8 @@ class Run:
             print(file=sys.stderr)
         nats, se = self.validate(n_mc=args.eval_mc)
         minutes = self.train_seconds / 60
-        metrics = {"val_nelbo_nats": nats, "val_nelbo_se": se, "val_bits_per_token": nats / math.log(2),
+        measure = "nll" if self.cfg.causal else "nelbo"  # exact, or the bound
+        metrics = {f"val_{measure}_nats": nats, f"val_{measure}_se": se, "val_bits_per_token": nats / math.log(2),
                    "unigram_bits_per_token": self.unigram_bits, "train_minutes": minutes,
                    "tokens_seen": self.step * self.tokens_per_step}
         self.record_eval(nats)
@@ -454,7 +540,7 @@ class Run:
             print(f"no grammatical rate: --seq-len {self.args.seq_len} leaves no room to sample 32 tokens "
                   f"after a prompt", file=sys.stderr)
             return {}
-        rate, n, _ = sample_grammatical_rate(self.model, self.tokenizer, prompts,
+        rate, n, _ = sample_grammatical_rate(self.model, self.tokenizer, prompts,  # left to right if causal
                                              SamplerConfig(gen_length=gen, steps=gen, block_length=32))
         self.say(f"grammatical rate of greedy samples: {rate:.1%} of {n} sentences")
         return dict(grammatical_rate=rate, grammatical_sentences=n)
@@ -473,6 +559,7 @@ def main():
     if args.batch_size % ranks.world:
         die(f"--batch-size {args.batch_size} is the global batch: it must split evenly over "
             f"{ranks.world} processes")
+    check_size(args, device, ranks.world)
     if ranks.main:
         preflight_paths(args)
     ranks.start(device)

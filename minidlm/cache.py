@@ -103,10 +103,14 @@ class FeatureCache(NoCache):
     int(rho * N) rows its refresh policy picks (refresh.py; dLLM-Cache's: the least similar fresh
     V); every other row reuses its outputs, h_{l+1} = h_l + A_l + F_l. Attention sees the
     refreshed rows' own fresh V (the CoTA authors' LLaDA-V hook; default) or every response
-    row's (`fresh_values=True`, dLLM-Cache's LLaDA hook)."""
+    row's (`fresh_values=True`, dLLM-Cache's LLaDA hook).
+    `per_block=True` (threshold decoding) restarts the clock s at each block's first step, which
+    is then a full refresh, as in Fast-dLLM's caches: there a block takes as many steps as its
+    slowest row needs, and a clock over the batch's steps would make a row's tokens depend on the
+    pace of the others."""
 
     def __init__(self, model, x, positions, bias_for, given, holes, K_p: int, K_r: int, rho: float,
-                 policy, fresh_values=False, keep_hidden=(), observe=False):
+                 policy, fresh_values=False, keep_hidden=(), observe=False, per_block=False):
         super().__init__(model, x, positions, bias_for, keep_hidden, observe)
         dtype, device = next(model.parameters()).dtype, x.device
         self.kv = KVBuffer(model, self.batch, self.length, dtype, device)
@@ -114,14 +118,15 @@ class FeatureCache(NoCache):
                                     dtype=dtype, device=device)
         self.ffn_out = torch.zeros_like(self.attn_out)
         self.given, self.holes = given, holes  # (B, L - N) and (B, N) canvas columns
-        self.K_p, self.K_r, self.step = K_p, K_r, 0
+        self.K_p, self.K_r, self.step, self.clock, self.per_block = K_p, K_r, 0, 0, per_block
         self.n_partial = int(rho * holes.shape[1])
         self.policy, self.fresh_values = policy, fresh_values
 
     def logits(self, x, lo, hi, block_start, row_spans=None):
-        self.step += 1
+        self.step += 1  # every step, for the policy; the refresh clock may restart at blocks
+        self.clock = 1 if block_start and self.per_block else self.clock + 1
         self.policy.start_step(self.step, x)
-        refresh_prompt, refresh_response = (self.step - 1) % self.K_p == 0, (self.step - 1) % self.K_r == 0
+        refresh_prompt, refresh_response = (self.clock - 1) % self.K_p == 0, (self.clock - 1) % self.K_r == 0
         due = ([self.given] if refresh_prompt else []) + ([self.holes] if refresh_response else [])
         due = torch.cat(due, dim=1) if due else self.all_rows[:, :0]
         h, rope = self.model.embed_rows(x, self.positions)

@@ -21,8 +21,8 @@ from .model import DiffusionLM, ModelConfig
 from .tokenizer import Tokenizer
 
 FORMAT = "minidlm-checkpoint-v1"
-# Checkpoints saved before these options existed were trained without them.
-ABSENT_MEANS = dict(qk_norm=False, mlp_act="gelu", head_bias=False, zero_init=False)
+# Checkpoints saved before these options existed were trained without them (and as diffusion models).
+ABSENT_MEANS = dict(qk_norm=False, mlp_act="gelu", head_bias=False, zero_init=False, causal=False)
 
 
 class CheckpointError(Exception):

@@ -18,16 +18,39 @@ import stat
 import time
 
 
+def first_rank() -> bool:
+    """False on the other processes of a torchrun launch (RANK > 0): they stay silent, so that a
+    refused setting is one line, rank 0's, not one per process."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """argparse, but a bad flag is one line on stderr (and exit code 2), not usage + error."""
 
     def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n" if first_rank() else None)
+
+
+def given_options(parser, argv=None) -> dict:
+    """{dest: the option string as typed} of the options that `argv` (default sys.argv[1:]) sets
+    explicitly, however spelled (abbreviated, --flag=value, --no-flag). Parses a second time with
+    every default suppressed, so only what was given remains."""
+    argv = sys.argv[1:] if argv is None else argv
+    saved = {a: a.default for a in parser._actions}
+    try:
+        for a in parser._actions:
+            a.default = argparse.SUPPRESS
+        given = vars(parser.parse_known_args(argv)[0])
+    finally:
+        for a, default in saved.items():
+            a.default = default
+    return {a.dest: a.option_strings[0] for a in parser._actions if a.dest in given and a.option_strings}
 
 
 def die(message: str, code: int = 2):
     """End the program with one clear line on stderr; code 2 means bad input."""
-    print(f"error: {message}", file=sys.stderr)
+    if first_rank():
+        print(f"error: {message}", file=sys.stderr)
     sys.exit(code)
 
 
@@ -133,6 +156,11 @@ class GracefulStop:
         return False
 
 
+class WriteError(OSError):
+    """A write that failed for want of room or a working disk (files.atomic_write); run_main ends
+    the script with its one-line message and exit code 1, the previous file being intact."""
+
+
 BROKEN_PIPE = 141  # 128 + SIGPIPE: what a program killed by a closed pipe returns in a shell
 
 
@@ -151,6 +179,7 @@ def quiet_early_ctrl_c(name: str):
 
 def run_main(main):
     """Run a script's main(): Ctrl-C ends it with one line and exit code 130, no traceback; a
+    write that fails for a full disk is one line and exit code 1 (`WriteError`); a
     closed stdout (`python sample.py | head -c 0`) ends it quietly with exit code 141, as a
     program killed by SIGPIPE (Python's own recipe: stdout goes to os.devnull, so the final flush
     at exit cannot fail again)."""
@@ -164,6 +193,8 @@ def run_main(main):
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         sys.exit(130)
+    except WriteError as e:
+        die(e.strerror, code=1)
     except BrokenPipeError:
         try:
             devnull = os.open(os.devnull, os.O_WRONLY)

@@ -18,6 +18,12 @@ For evaluation, LLaDA's lower-variance estimator (arXiv 2502.09992, Eq. 6) draws
 masked tokens l uniformly from 1..L, masks l positions without replacement and weights the summed
 cross-entropy by L / l; `evaluate_nelbo` stratifies l over each window's samples, with no fixed
 grid that would over- or under-weight the steep ends of the loss curve.
+
+The autoregressive baseline (`ar_loss`, `evaluate_nll`) is the same network with a causal mask
+(model.py, `causal`) trained on the next token: the input is the window shifted right by one,
+behind an end-of-text token (every window is cut anywhere in the stream, and a prompt starts with
+end-of-text), and every one of the L tokens is a target. Its loss is the EXACT negative
+log-likelihood of the window, where the diffusion model's NELBO is an upper bound on it.
 """
 import math
 
@@ -52,6 +58,31 @@ def train_loss(model, x0, mask_id, generator=None, t_min=0.0, t_max=1.0, weight_
 
 
 nelbo_loss = train_loss  # with its defaults (t over [0, 1], the 1/p weight): the NELBO in nats
+
+
+def shift_right(x0, bos_id: int):
+    """The autoregressive input: (B, L) windows shifted right by one behind `bos_id`."""
+    return torch.cat([torch.full_like(x0[:, :1], bos_id), x0[:, :-1]], dim=1)
+
+
+def ar_loss(model, x0, bos_id: int, rows=slice(None)):
+    """Next-token cross-entropy, mean over all B * L tokens: -log p(x0_i | bos, x0_<i). The logits
+    at column i of the shifted input predict token i from what precedes it."""
+    x0 = x0[rows]
+    logits = model(shift_right(x0, bos_id))
+    return F.cross_entropy(logits.flatten(0, 1).float(), x0.flatten())
+
+
+@torch.no_grad()
+def evaluate_nll(model, windows, bos_id: int, batch_size=32):
+    """Exact NLL of validation windows (N, L) in nats per token under a causal model (ar_loss per
+    window, no sampling): (mean, standard error across windows), as `evaluate_nelbo` returns them."""
+    per_window = torch.cat([
+        F.cross_entropy(model(shift_right(x0, bos_id)).transpose(1, 2).float(), x0, reduction="none").mean(1)
+        for x0 in windows.split(batch_size)])
+    N = len(per_window)
+    se = per_window.std() / math.sqrt(N) if N > 1 else torch.tensor(float("nan"))
+    return per_window.mean().item(), se.item()
 
 
 @torch.no_grad()

@@ -12,6 +12,7 @@ import math
 import torch
 
 from .corpus import complete_sentences, grammatical_rate, split_sentences
+from .autoregressive import ar_generate
 from .sampler import SamplerConfig, generate
 
 
@@ -27,22 +28,98 @@ def continuation_text(tokenizer, row) -> str:
 
 @torch.no_grad()
 def sample_grammatical_rate(model, tokenizer, prompts, cfg: SamplerConfig, seed=0, batch_size=16):
-    """(rate over all complete generated sentences, number of such sentences, the texts)."""
+    """(rate over all complete generated sentences, number of such sentences, the texts). An
+    autoregressive model decodes left to right (cfg's gen_length and temperature; the rest is
+    the diffusion sampler's)."""
     texts = []
     for start in range(0, len(prompts), batch_size):
         batch = [tokenizer.prompt(p) for p in prompts[start:start + batch_size]]
-        out = generate(model, batch, tokenizer.mask_id, tokenizer.eot_id, cfg, seed=seed + start)
+        if model.cfg.causal:
+            out = ar_generate(model, batch, tokenizer.mask_id, tokenizer.eot_id, cfg.gen_length,
+                              cfg.temperature, seed=seed + start)
+        else:
+            out = generate(model, batch, tokenizer.mask_id, tokenizer.eot_id, cfg, seed=seed + start)
         texts.extend(continuation_text(tokenizer, row) for row in out)
     n = sum(len(complete_sentences(text)) for text in texts)
     return grammatical_rate(texts), n, texts
+
+
+# ---- whether a study can measure a model --------------------------------------------------------
+# Each returns None, or one line saying why the measurement would mean nothing; the studies call
+# them right after loading their checkpoints, before any long work.
+
+def trained_on(meta: dict):
+    """The --data a checkpoint was trained on, or None for the embedded corpus (or not recorded)."""
+    args = meta.get("args") if isinstance(meta, dict) else None
+    data = args.get("data") if isinstance(args, dict) else None
+    return data if isinstance(data, str) and data else None
+
+
+def data_problem(path: str, meta: dict, data) -> str | None:
+    """A model measured on other text than it was trained on: the embedded corpus's grammar on a
+    model of the user's text, or one user text's held-out part on a model of another."""
+    import os
+    from .files import same_file
+    recorded = trained_on(meta)
+    if recorded is None and data is None:
+        return None
+    if recorded is None:
+        if isinstance(meta, dict) and isinstance(meta.get("args"), dict):  # trained on the embedded corpus
+            return (f"{path} was trained on the embedded corpus, not on --data {data}: drop --data, "
+                    f"or give a model trained on it")
+        return None  # an older checkpoint that did not record its data: nothing to compare
+    if data is None:
+        return (f"{path} was trained on {recorded}, and this measures it on the embedded corpus (whose "
+                f"grammar it never saw): pass --data {recorded}, or give a model of the embedded corpus")
+    if same_file(recorded, data) or (not os.path.exists(recorded) and os.path.basename(recorded) ==
+                                     os.path.basename(data)):
+        return None
+    return f"{path} was trained on {recorded}, not on --data {data}: pass the text it was trained on"
+
+
+def context_problem(path: str, model, prompt_tokens: int, gen_length: int, what: str) -> str | None:
+    """A prompt of `prompt_tokens` plus `gen_length` generated tokens that the model's context
+    cannot hold (a model trained with a short --seq-len)."""
+    context = model.cfg.max_seq_len
+    if prompt_tokens + gen_length <= context:
+        return None
+    return (f"{path} has a context of {context} tokens (trained with --seq-len {context}); {what} needs "
+            f"{prompt_tokens} prompt + {gen_length} generated = {prompt_tokens + gen_length}: give a model "
+            f"trained with --seq-len {prompt_tokens + gen_length} or more")
+
+
+def seeds_problem(paths, models) -> str | None:
+    """Models averaged as seeds of one recipe: no file twice (it would count as two seeds) and one
+    architecture (ModelConfig; the vocabulary size may differ by a tokenizer's few ids)."""
+    from dataclasses import asdict
+    from .files import same_file
+    for i, path in enumerate(paths):
+        for other in paths[:i]:
+            if same_file(path, other):
+                return f"{path} is given twice ({other}): each seed's model once"
+    shape = lambda m: {k: v for k, v in asdict(m.cfg).items() if k != "vocab_size"}
+    for path, model in zip(paths[1:], models[1:]):
+        diff = [k for k, v in shape(model).items() if shape(models[0])[k] != v]
+        if diff:
+            k = diff[0]
+            return (f"{path} has {k} {getattr(model.cfg, k)} where {paths[0]} has {getattr(models[0].cfg, k)}: "
+                    f"models averaged as seeds must share one architecture")
+    return None
 
 
 def describe_nelbo(nats: float, se: float) -> str:
     """One line: bits per token and the perplexity bound, each with its standard error."""
     bits, bits_se = nats / math.log(2), se / math.log(2)
     ppl = math.exp(nats) if nats < 700 else float("inf")  # a diverged model must not crash the log
-    return (f"val NELBO {bits:.3f} +- {bits_se:.3f} bits/token "
+    return (f"val NELBO (a bound) {bits:.3f} +- {bits_se:.3f} bits/token "
             f"(perplexity <= {ppl:.2f} +- {ppl * se:.2f})")
+
+
+def describe_nll(nats: float, se: float) -> str:
+    """The same for an autoregressive model, whose number is the exact NLL, not a bound."""
+    bits, bits_se = nats / math.log(2), se / math.log(2)
+    ppl = math.exp(nats) if nats < 700 else float("inf")
+    return f"val NLL (exact) {bits:.3f} +- {bits_se:.3f} bits/token (perplexity {ppl:.2f} +- {ppl * se:.2f})"
 
 
 def unigram_entropy_bits(windows, vocab_size: int) -> float:
@@ -85,11 +162,19 @@ def main():
         args = p.parse_args()
         preflight(inputs=args.checkpoints)
         prompts = held_out_prompts(load_documents(None)[1], args.prompts)
-        for path in args.checkpoints:
+        models = []
+        for path in args.checkpoints:  # every model checked before the first is measured
             try:
-                model, tok, _ = load_model(path)
+                model, tok, meta = load_model(path)
             except CheckpointError as e:
                 die(str(e))
+            longest = max(len(tok.prompt(t)) for t in prompts)
+            problem = (data_problem(path, meta, None)
+                       or context_problem(path, model, longest, 64, "the grammatical rate"))
+            if problem:
+                die(problem)
+            models.append((path, model, tok))
+        for path, model, tok in models:
             rate, n, _ = sample_grammatical_rate(model, tok, prompts,
                                                  SamplerConfig(gen_length=64, steps=64, block_length=32))
             print(f"{path}: {100 * rate:.1f} % of {n} sentences ({len(prompts)} prompts)", flush=True)

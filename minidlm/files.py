@@ -1,12 +1,18 @@
 """Files a script reads and writes: an output that may be written (`check_writable`), one that would
 destroy an input or another output (`path_clash`), both checked before any work (`preflight`),
 and writes that never leave a truncated file (`atomic_write`, `write_text`, `write_json`)."""
+import errno
 import json
 import os
+import shutil
 import stat
 import tempfile
 
-from .cli import die
+from .cli import WriteError, die
+
+# a write that fails for these reasons is the machine's, not the script's: one line (cli.WriteError)
+NO_ROOM = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO, errno.EROFS}
+TORCH_WRITE_FAILURES = ("write failed", "iostream error", "unexpected pos")
 
 
 def output_target(path: str):
@@ -60,10 +66,30 @@ def atomic_write(path: str, write_fn):
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.remove(tmp)
+        why = write_failure(e, folder)
+        if why:
+            kept = f"the previous {path} is intact" if os.path.exists(path) else "nothing was written"
+            raise WriteError(errno.ENOSPC, f"cannot write {path}: {why}; {kept}") from None
         raise
+
+
+def write_failure(e: BaseException, folder: str):
+    """Why a write failed, when the disk is the reason (full, over quota, read-only, failing),
+    else None. torch.save's own writer reports a full disk as a RuntimeError without the errno
+    (TORCH_WRITE_FAILURES: the messages seen on a full tmpfs and from a failing file object)."""
+    if isinstance(e, OSError) and e.errno in NO_ROOM:
+        return e.strerror or os.strerror(e.errno)
+    if isinstance(e, RuntimeError) and any(s in str(e) for s in TORCH_WRITE_FAILURES):
+        try:
+            free = shutil.disk_usage(folder).free
+        except OSError:
+            return "the write failed"
+        full = "the disk is full: " if free < 2**20 else ""
+        return f"the write failed ({full}{free / 2**20:,.0f} MB free there)"
+    return None
 
 
 def write_text(path: str, write):

@@ -13,6 +13,7 @@ import re
 PLACEHOLDER = re.compile(r"<\|hole:(\d+)\|>")
 STARTS_LIKE_ONE = re.compile(r"<\|\s*hole", re.IGNORECASE)
 SYNTAX = "<|hole:N|> with N >= 1 tokens"
+MAX_HOLE = 65536  # train_tiny.py's largest --seq-len: no model has a context to hold a longer hole
 
 
 class HoleError(ValueError):
@@ -23,7 +24,11 @@ def split_holes(text: str) -> list:
     """The text as alternating pieces: str for given text, int for a hole of that many tokens."""
     pieces, at = [], 0
     for match in PLACEHOLDER.finditer(text):
-        pieces += [text[at:match.start()], int(match.group(1))]
+        digits = match.group(1).lstrip("0") or "0"
+        if len(digits) > len(str(MAX_HOLE)) or int(digits) > MAX_HOLE:  # int() of 5000 digits fails too
+            raise HoleError(f"a hole of {digits[:12]}{'...' if len(digits) > 12 else ''} tokens is longer "
+                            f"than any model's context (at most {MAX_HOLE}): write {SYNTAX}")
+        pieces += [text[at:match.start()], int(digits)]
         at = match.end()
     pieces.append(text[at:])
     for piece in pieces[::2]:

@@ -6,7 +6,9 @@ One preallocated buffer per generate call holds, for every layer, the keys and v
 row's K/V as they were last computed (the approximation a cache makes). The sink's K/V never
 change (its row sees only itself), so they are written once. A slice copy for a span of columns
 is several times cheaper than a scatter, so spans use it; scattered rows (dLLM-Cache) use
-`scatter_`. Shapes are static and nothing syncs with the host.
+`scatter_`. Shapes are static and nothing syncs with the host, except for left-to-right
+decoding (autoregressive.py): there `upto_span=True` hands back only the keys up to the newest
+row, as nothing after it has been written, so the key count grows by one each step.
 """
 import torch
 
@@ -45,10 +47,11 @@ class KVBuffer:
                 self.v[layer, :, :, :1] = v
         self.num_keys = self.sink + length
 
-    def writer(self, span=None, rows=None, keep=None):
+    def writer(self, span=None, rows=None, keep=None, upto_span=False):
         """For model(..., cache=...): a forward whose query rows are the columns span = (start,
-        end) of every sample (`keep`: of which each row writes back), or the (B, R) `rows`."""
-        return KVWriter(self, span, rows, keep)
+        end) of every sample (`keep`: of which each row writes back), or the (B, R) `rows`.
+        upto_span: attend over the keys of columns [0, end) only (left-to-right decoding)."""
+        return KVWriter(self, span, rows, keep, upto_span)
 
 
 class KVWriter:
@@ -57,9 +60,11 @@ class KVWriter:
     fresh K/V at their columns and returns the layer's whole K, V (num_keys of them).
     keep: (B, end - start) bool or None; rows of the span it marks False keep their K/V."""
 
-    def __init__(self, buffer: KVBuffer, span=None, rows=None, keep=None):
+    def __init__(self, buffer: KVBuffer, span=None, rows=None, keep=None, upto_span=False):
         self.k, self.v, self.sink, self.num_keys = buffer.k, buffer.v, buffer.sink, buffer.num_keys
         self.span, self.rows, self.keep = span, rows, keep
+        if upto_span:  # the keys written so far: the sink's and columns [0, end)
+            self.num_keys = self.sink + span[1]
 
     def update(self, layer: int, k, v):
         K, V = self.k[layer], self.v[layer]
@@ -74,4 +79,4 @@ class KVWriter:
             index = (self.rows + self.sink)[:, None, :, None].expand_as(k)
             K.scatter_(2, index, k)
             V.scatter_(2, index, v)
-        return K, V
+        return K[:, :, :self.num_keys], V[:, :, :self.num_keys]

@@ -6,6 +6,10 @@ pre-norm RMSNorm, rotary position embeddings (RoPE), a plain MLP. train_tiny.py 
 speedrun levers (QK-norm, ReLU^2, zero-init projections, a unigram output bias; docs/training.md);
 the defaults here are the first round's, so its checkpoints load unchanged.
 
+`causal=True` is the autoregressive baseline (train_tiny.py --objective ar): the SAME network with
+a causal mask, so row i attends only to keys up to its own (`causal_bias`); trained on the next
+token (diffusion.ar_loss) instead of the masked ones. Nothing else differs.
+
 `sink=True` adds ONE extra [SINK] token ("One Token Is Enough", arXiv 2601.19657): prepended at
 RoPE position 0 with its own learned embedding (`sink_embed`; not a vocabulary id: the
 tokenizer's `<|sink|>` id is reserved and unused), its row attends only to itself, every row may
@@ -48,6 +52,7 @@ class ModelConfig:
     mlp_act: str = "relu2"      # "relu2" (ReLU squared) or "gelu"
     head_bias: bool = True      # a bias on the output logits (train_tiny starts it at log unigram)
     zero_init: bool = True      # start the residual projections (attn out, MLP down) at zero
+    causal: bool = False        # True: the autoregressive baseline (each row sees only earlier keys)
 
 
 @dataclass
@@ -79,6 +84,14 @@ def rope_angles(positions: torch.Tensor, head_dim: int, base: float):
 def apply_rope(x, cos, sin):
     x1, x2 = x[..., 0::2], x[..., 1::2]
     return torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2)
+
+
+def causal_bias(tq: int, tk: int, device) -> torch.Tensor:
+    """(1, 1, tq, tk) additive mask: -inf where a query row would see a later key. The queries are the
+    LAST tq of the tk keys (all of them in training; the newest rows when decoding with a K/V cache)."""
+    row = torch.arange(tq, device=device)[:, None] + (tk - tq)
+    later = torch.arange(tk, device=device) > row
+    return torch.zeros(1, 1, tq, tk, device=device).masked_fill(later, float("-inf"))
 
 
 class Attention(nn.Module):
@@ -223,6 +236,8 @@ class DiffusionLM(nn.Module):
         tr = trace if isinstance(trace, Trace) else (Trace() if trace else None)
         s = int(sink_row)
         tk = T if cache is None else cache.num_keys - int(self.cfg.sink)
+        if self.cfg.causal:  # the one change that makes this an autoregressive model
+            attn_bias = causal_bias(T, tk, x.device) + (0 if attn_bias is None else attn_bias)
         mask = self.attention_mask(attn_bias, T, tk, sink_row, x.dtype, x.device)
         for block in self.blocks:
             x = block(x, rope, mask, cache, tr)

@@ -10,8 +10,17 @@ The holes are cut into blocks of `block_length`, decoded in text order in `steps
 steps each; a step commits the k most confident masked positions of the block, k following the
 even schedule (`transfer_schedule`). Every row has the same number of holes, so one batched
 `topk` commits k tokens per row: the step loop has no host sync and no Python loop over rows.
+
+`threshold=P` is Fast-dLLM's parallel decoding (arXiv 2505.22618) instead of the schedule: a
+step commits every masked position of the block whose confidence is >= P, and at least the most
+confident one (`commit_confident`), so each row fills its block at its own pace and a block takes
+as many steps as its least sure row needs. A row whose block is full waits (commits nothing) until
+every row's is; then the next block starts, and every cache refreshes fully there (prefix and
+dual always do; the feature cache restarts its clock), so no row's tokens depend on the others'
+pace. Knowing that the block is full takes ONE host sync per step, `bool(... .any())`.
 """
 import math
+import itertools
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -62,6 +71,7 @@ class SamplerConfig:
     block_length: int = 32
     temperature: float = 0.0
     remasking: str = "low_confidence"  # or "random"
+    threshold: float | None = None     # None: the fixed schedule; P in (0, 1]: commit every conf >= P
     cache: str = "none"                # none, prefix, dual or feature (cache.py)
     cache_kp: int = 25                 # feature cache: prompt refresh interval K_p
     cache_kr: int = 7                  # feature cache: response refresh interval K_r
@@ -88,6 +98,12 @@ class SamplerConfig:
             raise ValueError(f"temperature must be 0 (greedy) or from {MIN_TEMPERATURE:g} on, got {self.temperature}")
         if self.remasking not in REMASKING:
             raise ValueError(f"remasking must be one of {', '.join(REMASKING)}, got {self.remasking!r}")
+        if self.threshold is not None:
+            if not 0 < self.threshold <= 1:
+                raise ValueError(f"threshold must be within (0, 1], got {self.threshold}")
+            if self.remasking == "random":
+                raise ValueError("a confidence threshold needs low-confidence remasking: random "
+                                 "remasking scores positions by a coin toss, which no threshold can judge")
         if self.cache not in CACHES:
             raise ValueError(f"cache must be one of {', '.join(CACHES)}, got {self.cache!r}")
         if self.cache_kp < 1 or self.cache_kr < 1 or not 0 <= self.cache_rho <= 1:
@@ -113,11 +129,9 @@ def choose_tokens(logits, temperature: float, generator):
     return (logits.double() / temperature + gumbel).argmax(-1)
 
 
-def commit(x, logits, eligible, k: int, cfg: SamplerConfig, generator, mask_id: int, penalty=None):
-    """One denoising step: commit the k highest-scoring eligible positions of every row, in place.
-
-    score = confidence (or a uniform draw), minus CTEV's entropy penalty when one is given.
-    Returns (x0_hat, scores); `scores` is what the ranking used, -inf off the eligible set."""
+def step_scores(x, logits, eligible, cfg: SamplerConfig, generator, mask_id: int, penalty=None):
+    """x0_hat and the score of every position: confidence (or a uniform draw), minus CTEV's
+    entropy penalty when one is given, -inf off the eligible set."""
     logits[..., mask_id] = float("-inf")  # [MASK] is never a target, so never a prediction
     x0 = choose_tokens(logits, cfg.temperature, generator)
     if cfg.remasking == "low_confidence":
@@ -128,9 +142,26 @@ def commit(x, logits, eligible, k: int, cfg: SamplerConfig, generator, mask_id: 
         conf = torch.rand(x.shape, generator=generator, device=x.device)
     if penalty is not None:
         conf = conf - penalty
-    scores = conf.masked_fill(~eligible, float("-inf"))
+    return x0, conf.masked_fill(~eligible, float("-inf"))
+
+
+def commit(x, logits, eligible, k: int, cfg: SamplerConfig, generator, mask_id: int, penalty=None):
+    """One step of the fixed schedule: commit the k highest-scoring eligible positions of every
+    row, in place. Returns (x0_hat, scores); `scores` is what the ranking used."""
+    x0, scores = step_scores(x, logits, eligible, cfg, generator, mask_id, penalty)
     chosen = scores.topk(k, dim=-1).indices
     x.scatter_(1, chosen, x0.gather(1, chosen))
+    return x0, scores
+
+
+def commit_confident(x, logits, eligible, cfg: SamplerConfig, generator, mask_id: int, penalty=None):
+    """One step of threshold decoding (Fast-dLLM): commit, in place, every eligible position whose
+    score is >= cfg.threshold, and the row's single best one whatever its score; a row with
+    nothing eligible commits nothing. Returns (x0_hat, scores)."""
+    x0, scores = step_scores(x, logits, eligible, cfg, generator, mask_id, penalty)
+    best = torch.zeros_like(eligible).scatter_(1, scores.topk(1, dim=-1).indices, True)
+    chosen = eligible & ((scores >= cfg.threshold) | best)
+    x.copy_(torch.where(chosen, x0, x))
     return x0, scores
 
 
@@ -143,7 +174,7 @@ def make_cache(cfg: SamplerConfig, model, x, positions, cota, given, holes, obse
     policy = StaleFirst(x, holes, model.cfg.n_layer) if cfg.cache_stale_first else LeastSimilar()
     return FeatureCache(model, x, positions, cota.bias, given, holes, cfg.cache_kp, cfg.cache_kr,
                         cfg.cache_rho, cota.refresh_policy(policy, x, holes, per_step), cfg.cache_fresh_values,
-                        cota.hidden_layers, observe)
+                        cota.hidden_layers, observe, per_block=cfg.threshold is not None)
 
 
 @torch.no_grad()
@@ -189,19 +220,26 @@ def infill(model, canvases, mask_id: int, pad_id: int, cfg: SamplerConfig, seed:
     pad = padding_bias(n_pad, L) if bool((n_pad > 0).any()) else None
     cota = CoTA(cfg.cota, model, pad, is_hole, mask_id)
     schedule = transfer_schedule(bl, cfg.steps // len(spans))  # tokens committed at each step of a block
-    cache = make_cache(cfg, model, x, positions, cota, given, holes, observe, per_step=schedule[0])
+    fixed = cfg.threshold is None
+    cache = make_cache(cfg, model, x, positions, cota, given, holes, observe,
+                       per_step=schedule[0] if fixed else bl)
     step = 0
     for b, (lo, hi) in enumerate(spans):
-        for j, k in enumerate(schedule):
-            row_spans = None if same else (firsts[:, b:b + 1], lasts[:, b:b + 1])
+        row_spans = None if same else (firsts[:, b:b + 1], lasts[:, b:b + 1])
+        in_block = block_of[:, lo:hi] == b
+        for j in range(len(schedule)) if fixed else itertools.count():
             logits = cache.logits(x, lo, hi, j == 0, row_spans)
             penalty = cota.penalty(x, cache.hidden, lo, hi)
             span = x[:, lo:hi]  # a view: commit writes through it into x
-            commit(span, logits, (span == mask_id) & (block_of[:, lo:hi] == b), k, cfg, generator,
-                   mask_id, penalty)
+            if fixed:
+                commit(span, logits, (span == mask_id) & in_block, schedule[j], cfg, generator, mask_id, penalty)
+            else:
+                commit_confident(span, logits, (span == mask_id) & in_block, cfg, generator, mask_id, penalty)
             step += 1
             if on_step is not None:
                 on_step(step, x, cache)
+            if not fixed and not bool(((span == mask_id) & in_block).any()):  # the one host sync
+                break  # every row's block is full
     if stats is not None:
         stats.update(rows_per_layer=cache.rows_computed, steps=step)
     return x

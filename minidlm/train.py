@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .diffusion import train_loss
+from .diffusion import ar_loss, train_loss
 
 
 @dataclass
@@ -26,6 +26,7 @@ class TrainConfig:
     t_min: float = 0.15          # training draws t ~ U[t_min, t_max] (the NELBO uses all t)
     t_max: float = 0.85
     plain_ce: bool = False       # True: masked cross-entropy without the 1/p weight
+    objective: str = "diffusion"  # or "ar": the same network, causal, on the next token (ar_loss)
 
 
 def native_bf16(device) -> bool:
@@ -46,12 +47,16 @@ def bf16_autocast(device):
     return torch.autocast(device.type, dtype=torch.bfloat16) if native_bf16(device) else None
 
 
-def train_step(model, opts, x0, mask_id, generator, cfg, rows=slice(None), autocast=None):
+def train_step(model, opts, x0, mask_id, generator, cfg, rows=slice(None), autocast=None, bos_id=None):
     """One optimizer step of the recipe on this process's rows of x0; returns their loss. cfg: a
-    TrainConfig, or anything with its t_min, t_max and plain_ce (train_tiny.py's flags)."""
+    TrainConfig, or anything with its t_min, t_max, plain_ce and objective (train_tiny.py's flags).
+    The autoregressive objective needs `bos_id` (end-of-text) and ignores the mask settings."""
     with autocast or nullcontext():
-        loss = train_loss(model, x0, mask_id, generator, t_min=cfg.t_min, t_max=cfg.t_max,
-                          weight_by_p=not cfg.plain_ce, rows=rows)
+        if getattr(cfg, "objective", "diffusion") == "ar":
+            loss = ar_loss(model, x0, bos_id, rows=rows)
+        else:
+            loss = train_loss(model, x0, mask_id, generator, t_min=cfg.t_min, t_max=cfg.t_max,
+                              weight_by_p=not cfg.plain_ce, rows=rows)
     for opt in opts:
         opt.zero_grad(set_to_none=True)
     loss.backward()

@@ -35,7 +35,8 @@ import sys
 from minidlm.checkpoint import CheckpointError, read
 from minidlm.train import TrainConfig
 from minidlm.cli import ArgumentParser, cell, die, number, run_main
-from minidlm.files import numbered, preflight, write_json
+from minidlm.evaluate import trained_on
+from minidlm.files import numbered, preflight, same_file, write_json
 
 # key: (what it shows, train_tiny.py flags on top of the default recipe)
 # the first round: AdamW 2e-3 with a linear warm-up over the first 1/8 of the run (100 of its 800
@@ -76,7 +77,8 @@ def run(flags, out, log):
             die(f"training failed (exit {result.returncode}); see {log}", code=1)
     meta = read(out)["meta"]
     m = meta["metrics"]
-    return {"bits": m["val_bits_per_token"], "se_bits": m["val_nelbo_se"] / math.log(2),
+    se = m["val_nelbo_se"] if "val_nelbo_se" in m else m["val_nll_se"]  # the bound, or an AR run's exact NLL
+    return {"bits": m["val_bits_per_token"], "se_bits": se / math.log(2),
             "unigram_bits": m["unigram_bits_per_token"], "grammatical": m.get("grammatical_rate"),
             "tokens": m["tokens_seen"], "minutes": m["train_minutes"],
             "tok_s": m["tokens_seen"] / (60 * m["train_minutes"]), "command": meta["command"]}
@@ -134,6 +136,8 @@ def main():
     keys = ["default"] + [k for k in keys if k != "default"]  # the default first: it sets the budget
     common = (["--data", args.data] if args.data else []) + (["--threads", str(args.threads)] if args.threads else [])
     name = os.path.splitext(os.path.basename(args.data))[0] if args.data else "embedded"
+    check_runs([f"runs/ablation/{name}-{key}-{seed}{end}" for key in keys for seed in args.seeds
+                for end in ("", "-time")], args.data)
     os.makedirs("runs/ablation", exist_ok=True)
     defaults = TrainConfig()
     results = {"data": args.data or "embedded corpus", "seeds": args.seeds, "rows": {}}
@@ -157,6 +161,26 @@ def main():
         write_json(args.json, results)
     print(f"data: {results['data']}; seeds {', '.join(map(str, args.seeds))}")
     print(table(results))
+
+
+def check_runs(stems, data):
+    """Before any training: the runs this ablation writes (STEM.pt, its .state.pt and STEM.log)
+    are not --data, and none replaces a run made on another text that has the same file name
+    (a/notes.txt and b/notes.txt both write runs/ablation/notes-*)."""
+    outputs = {f"run {stem}{ext}": stem + ext for stem in stems for ext in (".pt", ".state.pt", ".log")}
+    preflight(outputs=outputs, inputs={"--data": data})
+    for stem in stems:
+        if not os.path.exists(stem + ".pt"):
+            continue
+        try:
+            recorded = trained_on(read(stem + ".pt")["meta"])
+        except (CheckpointError, KeyError, TypeError):
+            continue  # not a finished run: retrained, as `run` does
+        same = recorded == data if recorded is None or data is None else same_file(recorded, data)
+        if not same:
+            die(f"{stem}.pt is a run on {recorded or 'the embedded corpus'}, not on "
+                f"{data or 'the embedded corpus'}: this ablation would replace it; move runs/ablation/ "
+                f"aside or rename your text file")
 
 
 def merge(saved: list) -> dict:

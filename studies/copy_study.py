@@ -33,6 +33,7 @@ from minidlm.cli import (ArgumentParser, cell, die, number, pick_device, pyplot,
 from minidlm.copy_probe import MENTIONS, copy_probe, repeat_stats
 from minidlm.corpus import NAME_SHARE, generate_stories
 from minidlm.data import load_documents
+from minidlm.evaluate import seeds_problem, trained_on
 from minidlm.files import numbered, preflight, write_json
 
 DEFAULT_ARMS = {"shipped": ["checkpoints/tiny.pt"], "shipped [SINK]": ["checkpoints/tiny-sink.pt"]}
@@ -76,32 +77,49 @@ def mean_curve(curves):
              for k in sorted(keys)} for step in steps]
 
 
+def load_arms(args, arms, device) -> dict:
+    """Every arm's models, loaded and checked before any measuring: diffusion models of the
+    embedded corpus, each seed once and of one architecture."""
+    loaded = {}
+    for name, paths in arms.items():
+        try:
+            models = [load_model(path, device) for path in paths]
+        except CheckpointError as e:
+            die(str(e))
+        for path, (model, _, meta) in zip(paths, models):
+            if model.cfg.causal:
+                die(f"{path} is an autoregressive model: it cannot fill a hole from both sides")
+            if trained_on(meta):
+                die(f"{path} was trained on {trained_on(meta)}: the copy probe needs the embedded corpus")
+        problem = seeds_problem(paths, [model for model, _, _ in models])
+        if problem:
+            die(problem)
+        loaded[name] = list(zip(paths, models))
+    return loaded
+
+
 def measure(args, arms):
     try:
         device = pick_device(args.device)
     except ValueError as e:
         die(str(e))
-    stats, rows, held_out = None, [], {}
-    for name, paths in arms.items():
+    loaded = load_arms(args, arms, device)
+    first_tok = next(iter(loaded.values()))[0][1][1]  # the corpus, counted in the first model's tokens
+    stats = {str(share): repeat_stats(first_tok, generate_stories(5000, 0, share)) for share in SHARES}
+    rows, held_out = [], {}
+    for name, models in loaded.items():
         per_model = []
-        for path in paths:
-            try:
-                model, tok, meta = load_model(path, device)
-            except CheckpointError as e:
-                die(str(e))
+        for path, (model, tok, meta) in models:
             margs = meta.get("args", {})
-            if margs.get("data"):
-                die(f"{path} was trained on {margs['data']}: the copy probe needs the embedded corpus")
-            if stats is None:  # the corpus, counted in the first model's tokens
-                stats = {str(share): repeat_stats(tok, generate_stories(5000, 0, share)) for share in SHARES}
             seed = margs.get("seed", 0)  # the stories this model's own training held out
             if seed not in held_out:
                 held_out[seed] = load_documents(seed=seed)[1][:args.stories]
-            stories = held_out[seed]
-            probe = copy_probe(model, tok, stories)
+            probe = copy_probe(model, tok, held_out[seed])
             metrics = meta.get("metrics", {})
             per_model.append({"path": path, "probe": probe, "curve": meta.get("copy_curve", []),
-                              "steps": meta.get("step"), "tokens": metrics.get("tokens_seen"),
+                              "steps": meta.get("step"),  # an interrupted run has no final metrics
+                              "tokens": metrics.get("tokens_seen") or (meta.get("step") or 0)
+                              * margs.get("batch_size", 0) * margs.get("seq_len", 0) or None,
                               "minutes": metrics.get("train_minutes"), "bits": metrics.get("val_bits_per_token"),
                               "name_share": margs.get("name_share", NAME_SHARE)})
             print(f"measured {name}: {path}", file=sys.stderr, flush=True)

@@ -14,6 +14,8 @@ exactly its token count, and the model fills it in two ways:
 filled-in sentences the corpus grammar accepts (a name must agree with "girl"/"boy"). A name of
 the right gender guessed at random would be recovered about 1 in 40 times, an object 1 in 48.
 Greedy, one token per step, one block over the hole; mean +- sd over several models when given.
+An autoregressive checkpoint (train_tiny.py --objective ar) can only fill "left only": it continues
+the cut story left to right (studies/ar_compare.py sets it beside the diffusion model).
 """
 from minidlm.cli import quiet_early_ctrl_c
 
@@ -23,12 +25,16 @@ import json
 import re
 import sys
 
+import torch
+
 from minidlm.checkpoint import CheckpointError, load_model
 from minidlm.cli import ArgumentParser, cell, die, number, pick_device, run_main
 from minidlm.files import numbered, preflight, write_json
 from minidlm.corpus import NAMES, STORY_WORDS, is_grammatical, split_sentences
 from minidlm.data import load_documents
+from minidlm.evaluate import seeds_problem, trained_on
 from minidlm.holes import encode_canvas, filled_text
+from minidlm.autoregressive import ar_generate
 from minidlm.sampler import SamplerConfig, infill
 
 TARGETS = {"name": sorted(n for names in NAMES.values() for n in names), "object": STORY_WORDS["THING"]}
@@ -54,7 +60,8 @@ def holes_of(tok, story: str, span, context: str) -> tuple:
 
 
 def fill_all(model, tok, canvases, batch_size: int, cache: str) -> list:
-    """The filled canvases, batched by the number of masked tokens (a batch must share it)."""
+    """The filled canvases, batched by the number of masked tokens (a batch must share it). An
+    autoregressive model continues each canvas's text before its hole, which must end it."""
     groups, out = {}, [None] * len(canvases)
     for i, c in enumerate(canvases):
         groups.setdefault(c.count(tok.mask_id), []).append(i)
@@ -62,7 +69,13 @@ def fill_all(model, tok, canvases, batch_size: int, cache: str) -> list:
         cfg = SamplerConfig(gen_length=n, steps=n, block_length=n, cache=cache)
         for at in range(0, len(members), batch_size):
             chunk = members[at:at + batch_size]
-            rows = infill(model, [canvases[i] for i in chunk], tok.mask_id, tok.eot_id, cfg)
+            if model.cfg.causal:
+                if any(canvases[i][-n:] != [tok.mask_id] * n for i in chunk):
+                    raise ValueError("an autoregressive model fills only a hole at the end (left only)")
+                new = ar_generate(model, [canvases[i][:-n] for i in chunk], tok.mask_id, tok.eot_id, n)
+                rows = [torch.cat([torch.tensor(canvases[i][:-n]), row.cpu()]) for i, row in zip(chunk, new)]
+            else:
+                rows = infill(model, [canvases[i] for i in chunk], tok.mask_id, tok.eot_id, cfg)
             for i, row in zip(chunk, rows):
                 out[i] = row
     return out
@@ -138,10 +151,30 @@ def main():
         models = [load_model(path, device) for path in args.checkpoint]
     except (ValueError, CheckpointError) as e:
         die(str(e))
-    for path, (_, _, meta) in zip(args.checkpoint, models):
-        if meta.get("args", {}).get("data"):
-            die(f"{path} was trained on {meta['args']['data']}: this study needs the embedded corpus")
+    for path, (model, _, meta) in zip(args.checkpoint, models):
+        if model.cfg.causal:
+            die(f"{path} is an autoregressive model: it cannot fill a hole from both sides "
+                f"(python -m studies.ar_compare sets it, left only, beside a diffusion model)")
+        if trained_on(meta):
+            die(f"{path} was trained on {trained_on(meta)}: this study needs the embedded corpus")
+    problem = seeds_problem(args.checkpoint, [model for model, _, _ in models])
+    if problem:
+        die(problem)
     stories = load_documents()[1][:args.stories]
+    for path, (model, tok, _) in zip(args.checkpoint, models):  # every hole kind needs stories that fit
+        for kind in TARGETS:
+            fits = [len(holes_of(tok, story, span, "both sides")[0]) <= model.cfg.max_seq_len
+                    for story in stories for span in [first_mention(story, TARGETS[kind])] if span]
+            if fits and not any(fits):
+                shortest = min(len(holes_of(tok, story, span, "both sides")[0]) for story in stories
+                               for span in [first_mention(story, TARGETS[kind])] if span)
+                die(f"{path} has a context of {model.cfg.max_seq_len} tokens (trained with --seq-len "
+                    f"{model.cfg.max_seq_len}): none of the {len(fits)} stories with a {kind} hole fits (the "
+                    f"shortest is {shortest} tokens); give a model trained with --seq-len {shortest} or more")
+            if not all(fits):
+                print(f"note: {path}: {sum(fits)} of the {len(fits)} stories with a {kind} hole fit its "
+                      f"{model.cfg.max_seq_len}-token context; its {kind} rows are over those (the shorter "
+                      f"stories)", file=sys.stderr)
     rows = []
     for kind in TARGETS:
         for context in CONTEXTS:

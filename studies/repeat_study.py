@@ -36,7 +36,7 @@ from minidlm.files import numbered, preflight, write_json
 from minidlm.corpus import CorpusError, grammatical_rate
 from minidlm.cota import CoTAConfig
 from minidlm.data import load_documents
-from minidlm.evaluate import continuation_text, held_out_prompts
+from minidlm.evaluate import continuation_text, data_problem, held_out_prompts, seeds_problem
 from minidlm.infoflow import FlowRecorder
 from minidlm.repetition import adjacent_commit_share, clean_response, repetition_report
 from minidlm.sampler import SamplerConfig, generate
@@ -241,14 +241,16 @@ def build_parser():
     return p
 
 
-def load_models(paths, device):
+def load_models(paths, device, data=None):
     """(model, tokenizer) per checkpoint. Each seed trains its own tokenizer, so every model gets
-    the same prompt TEXTS encoded with its own; the context lengths must agree."""
-    models = [load_model(path, device)[:2] for path in paths]
-    for path, (model, _) in zip(paths[1:], models[1:]):
-        if model.cfg.max_seq_len != models[0][0].cfg.max_seq_len:
-            die(f"{path} has another context length than {paths[0]}: models compared over seeds "
-                "must be trained alike")
+    the same prompt TEXTS encoded with its own; every model was trained on the text it is measured
+    on (`data`), and the seeds share one architecture (evaluate.data_problem, seeds_problem)."""
+    loaded = [load_model(path, device) for path in paths]
+    models = [(model, tok) for model, tok, _ in loaded]
+    problem = (next(filter(None, (data_problem(path, meta, data) for path, (_, _, meta) in zip(paths, loaded))), None)
+               or seeds_problem(paths, [model for model, _ in models]))
+    if problem:
+        die(problem)
     return models
 
 
@@ -285,7 +287,7 @@ def main():
         require_plot_extra()
     try:
         device = pick_device(args.device)
-        models = load_models(args.checkpoint, device)
+        models = load_models(args.checkpoint, device, args.data)
         _, val_docs = load_documents(args.data)
     except (ValueError, CheckpointError, CorpusError) as e:
         die(str(e))

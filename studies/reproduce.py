@@ -46,6 +46,7 @@ REPEAT_SEEDS = "studies/results/repeat_seeds.json"
 INFILL_SEEDS = "studies/results/infill_seeds.json"
 SWEEP = "studies/results/repeat_sweep.json"
 SWEEP_SEEDS = "studies/results/repeat_sweep_seeds.json"
+FRONTIER = "studies/results/frontier.json"
 # (what, saved rows, how to rerun them)
 ABLATIONS = [("embedded corpus", ["studies/results/ablation.json"], "`python -m studies.ablation --rows first-round,muon,mid-t,arch,default`"),
              ("Python's documentation as prose", ["studies/results/ablation-pydoc.json"],
@@ -79,6 +80,16 @@ def stages(quick: bool, figures: bool):
         ("Sampler benchmark", ["bench.py", "--repeats", "2", "--json", f"{out}/bench.json"]
          + (["--quick", "--batch-sizes", "8"] if quick else []),
          "Tokens/s of every cache next to the speed-up its counted work promises."),
+        *([("Threshold decoding: the frontier (saved rows; rerun: "
+            f"`python -m studies.frontier --threads 1 --json {FRONTIER} --plot docs`, about 10 min)",
+            ["-m", "studies.frontier", "--from-json", FRONTIER] + plot(docs),
+            "Fast-dLLM's threshold rule against the fixed schedule, per cache, at batch 1 and 8: steps, "
+            "speed and what it costs in grammar and repetition.")]
+          if os.path.exists(FRONTIER) and not quick else []),
+        *([("Threshold decoding: the frontier",
+            ["-m", "studies.frontier", "--prompts", "8", "--speed-prompts", "2", "--thresholds", "0.7,0.9",
+             "--caches", "none,dual", "--json", f"{out}/frontier.json"] + plot(docs),
+            "Fast-dLLM's threshold rule against the fixed schedule, a few prompts.")] if quick else []),
         ("Where the sinks sit: the probe on the baseline",
          ["sample.py", "--sinks", "--gen-length", "64", "--steps", "64"] + plot(docs),
          "One greedy sample from an empty prompt with the sink probe on (its summary is on stderr)."),

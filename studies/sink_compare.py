@@ -39,7 +39,8 @@ from minidlm.files import numbered, preflight, write_json
 from minidlm.corpus import CorpusError
 from minidlm.data import fixed_windows, load_documents, token_stream
 from minidlm.diffusion import evaluate_nelbo
-from minidlm.evaluate import held_out_prompts, sample_grammatical_rate
+from minidlm.evaluate import (context_problem, data_problem, held_out_prompts, sample_grammatical_rate,
+                              seeds_problem)
 from minidlm.sampler import SamplerConfig, generate
 from minidlm.sink_variants import sink_masked
 from minidlm.sinks import SinkProbe
@@ -47,6 +48,7 @@ from minidlm.sinks import SinkProbe
 DEFAULT_ARMS = {"baseline": ["checkpoints/tiny.pt"], "sink": ["checkpoints/tiny-sink.pt"]}
 METRICS = ["nelbo", "nelbo_sink_masked", "grammatical", "switch_rate", "jaccard", "strict_sinks",
            "value_norm_ratio", "sink_mass", "heads_over_03", "sink_heads_over_03"]
+GEN_LENGTH = 64     # tokens sampled after each prompt, for the grammatical rate and the probe
 PROMPT_TOKENS = 24  # --data: the probe's prompts are each validation document's first tokens
 PERCENT = ("grammatical", "switch_rate", "sink_mass", "heads_over_03", "sink_heads_over_03")
 
@@ -63,7 +65,7 @@ def measure(path, device, val_docs, args):
     if model.cfg.sink:  # the test-time ablation, on the same windows and Monte-Carlo masks
         with sink_masked(model):
             masked = evaluate_nelbo(model, windows, tok.mask_id, n_mc=args.mc)[0] / math.log(2)
-    cfg = SamplerConfig(gen_length=64, steps=64, block_length=32)
+    cfg = SamplerConfig(gen_length=GEN_LENGTH, steps=GEN_LENGTH, block_length=32)
     if args.data is None:
         texts = held_out_prompts(val_docs, args.prompts)
         grammatical, _, _ = sample_grammatical_rate(model, tok, texts, cfg)
@@ -198,10 +200,38 @@ def parse_arms(args) -> dict:
     """{arm name: [checkpoint paths]} from --arm NAME=PATH[,PATH...], else the default arms."""
     if not args.arm:
         return DEFAULT_ARMS
-    try:
-        return {name: paths.split(",") for name, paths in (a.split("=", 1) for a in args.arm)}
-    except ValueError:
-        die("--arm takes NAME=PATH[,PATH...]")
+    arms = {}
+    for arm in args.arm:
+        name, _, paths = arm.partition("=")
+        if not name or not paths or "" in paths.split(","):
+            die(f"--arm takes NAME=PATH[,PATH...], got {arm!r}")
+        if name in arms:
+            die(f"two arms are named {name!r}: give each --arm a name of its own")
+        arms[name] = paths.split(",")
+    return arms
+
+
+def check_arms(args, arms, val_docs, device):
+    """Before measuring anything: every checkpoint loads, was trained on the text it is measured
+    on, holds a prompt plus the 64 sampled tokens in its context; an arm's seeds share one
+    architecture and no file is given twice."""
+    for name, paths in arms.items():
+        models = []
+        for path in paths:
+            try:
+                model, tok, meta = load_model(path, device)
+            except CheckpointError as e:
+                die(str(e))
+            longest = (max(len(tok.prompt(t)) for t in held_out_prompts(val_docs, args.prompts))
+                       if args.data is None else PROMPT_TOKENS)
+            problem = (data_problem(path, meta, args.data)
+                       or context_problem(path, model, longest, GEN_LENGTH, "the sink probe's samples"))
+            if problem:
+                die(problem)
+            models.append(model)
+        problem = seeds_problem(paths, models)
+        if problem:
+            die(f"--arm {name}: {problem}")
 
 
 def measure_arms(args, arms):
@@ -214,6 +244,7 @@ def measure_arms(args, arms):
         _, val_docs = load_documents(args.data)
     except CorpusError as e:
         die(str(e))
+    check_arms(args, arms, val_docs, device)
     rows = []
     for name, paths in arms.items():
         per_model = []
@@ -234,7 +265,7 @@ def load_saved(path):
             rows = json.load(f)
     except (OSError, ValueError):
         rows = None
-    if not (isinstance(rows, list) and all(isinstance(r, dict) and "model" in r and "checkpoints" in r
+    if not (isinstance(rows, list) and rows and all(isinstance(r, dict) and "model" in r and "checkpoints" in r
                                            for r in rows)):
         die(f"{path} is not a comparison written by sink_compare.py --json")
     return rows

@@ -22,7 +22,7 @@ FIRST_ROUND = dict(qk_norm=False, mlp_act="gelu", head_bias=False)
 
 
 def tiny_model(sink=False, seed=0, n_layer=2, max_seq_len=64, sink_rotation=True, arch=RECIPE,
-               sink_value="learned"):
+               sink_value="learned", random_gains=False):
     torch.manual_seed(seed)
     cfg = ModelConfig(vocab_size=VOCAB, n_layer=n_layer, n_head=2, d_model=16,
                       max_seq_len=max_seq_len, sink=sink, sink_rotation=sink_rotation,
@@ -34,5 +34,7 @@ def tiny_model(sink=False, seed=0, n_layer=2, max_seq_len=64, sink_rotation=True
                 p.mul_(10)
             elif p.dim() == 1 and p.shape[0] == VOCAB:  # the output bias: not all alike either
                 p.normal_()
+            elif random_gains:  # norm gains (q, k, blocks, final): unit gains hide a swapped gain
+                p.uniform_(0.5, 1.5)
     return model
 

@@ -7,11 +7,11 @@ from conftest import FIRST_ROUND, MASK_ID, PAD_ID, VOCAB, tiny_model
 from minidlm.cota import CoTAConfig
 from minidlm.sampler import SamplerConfig, generate
 
-MODELS = {sink: tiny_model(sink=sink, n_layer=3) for sink in (False, True)}
-MODELS["unrotated"] = tiny_model(sink=True, n_layer=3, sink_rotation=False)
-MODELS["first-round"] = tiny_model(sink=True, n_layer=3, arch=FIRST_ROUND)
-MODELS["zero-value"] = tiny_model(sink=True, n_layer=3, sink_value="zero")
-MODELS["zero-value unrotated"] = tiny_model(sink=True, n_layer=3, sink_value="zero", sink_rotation=False)
+MODELS = {sink: tiny_model(sink=sink, n_layer=3, random_gains=True) for sink in (False, True)}
+MODELS["unrotated"] = tiny_model(sink=True, n_layer=3, sink_rotation=False, random_gains=True)
+MODELS["first-round"] = tiny_model(sink=True, n_layer=3, arch=FIRST_ROUND, random_gains=True)
+MODELS["zero-value"] = tiny_model(sink=True, n_layer=3, sink_value="zero", random_gains=True)
+MODELS["zero-value unrotated"] = tiny_model(sink=True, n_layer=3, sink_value="zero", sink_rotation=False, random_gains=True)
 VARIANTS = [False, True, "unrotated", "first-round", "zero-value", "zero-value unrotated"]
 prompts_strategy = st.lists(st.lists(st.integers(0, VOCAB - 4), min_size=1, max_size=8),
                             min_size=1, max_size=3)

@@ -124,6 +124,24 @@ def test_sample_bad_input_is_one_line_and_exit_2(checkpoint, args, needle, scrip
 
 
 @pytest.mark.parametrize("args, needle", [
+    (["--threshold", "0"], "expected a number > 0 and <= 1"),
+    (["--threshold", "1.01"], "expected a number > 0 and <= 1"),
+    (["--threshold", "0.9", "--remasking", "random"], "no confidence threshold can judge"),
+    (["--threshold", "0.9", "--steps", "16"], "drop --steps"),
+    (["--threshold", "0.9", "--cota"], "for --threshold pick the cache yourself"),
+])
+def test_threshold_bad_input_is_one_line_and_exit_2(checkpoint, args, needle, script_run):
+    assert_clean_error(script_run("sample.py", "--checkpoint", str(checkpoint), "--gen-length", "16", *args), needle)
+
+
+def test_threshold_decoding_reports_the_steps_it_took(checkpoint, script_run):
+    result = script_run("sample.py", "--checkpoint", str(checkpoint), "--gen-length", "16", "--block-length", "8",
+                        "--threshold", "1e-9", "--cache", "dual", "--prompt", "a <|hole:8|> b")
+    assert result.returncode == 0, result.stderr
+    assert "1 x 8 tokens in 1 steps (threshold 1e-09)" in result.stderr  # below every confidence: one step
+
+
+@pytest.mark.parametrize("args, needle", [
     (["--prompt", "a <|hole|> b"], "malformed hole placeholder"),
     (["--prompt", "a <|hole:two|> b"], "malformed hole placeholder"),
     (["--prompt", "a <|hole:0|> b"], "a hole of 0 tokens"),
@@ -463,3 +481,26 @@ def test_a_held_out_text_too_short_to_measure_is_refused_or_cut_into_two_windows
                    *TINY[:6], "--seq-len", "128", *TINY[8:])
     assert r.returncode == 0, r.stderr
     assert "validating on windows of" in r.stderr and "nan" not in r.stderr, r.stderr
+
+
+def test_frontier_prints_every_setting_and_reprints_its_json(checkpoint, tmp_path, script_run):
+    path = tmp_path / "frontier.json"
+    result = script_run("studies/frontier.py", "--checkpoint", str(checkpoint), "--gen-length", "8",
+                        "--block-length", "4", "--prompts", "2", "--speed-prompts", "1", "--thresholds",
+                        "0.5,0.9", "--caches", "dual", "--threads", "1", "--json", str(path))
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(path.read_text())["rows"]
+    assert [(r["cache"], r["threshold"]) for r in rows] == [("none", None), ("dual", None), ("dual", 0.5), ("dual", 0.9)]
+    assert rows[0]["speedup_b1"] == 1.0 and all(r["steps_per_token_b1"] <= 1.0 for r in rows)
+    again = script_run("studies/frontier.py", "--from-json", str(path))
+    assert again.returncode == 0 and again.stdout.splitlines()[1:] == result.stdout.splitlines()[1:]
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--thresholds", "0.9,1.5"], "--thresholds must be within (0, 1]"),
+    (["--thresholds", "a"], "numbers separated by commas"),
+    (["--caches", "dual,lru"], "--caches takes some of"),
+    (["--prompts", "2", "--speed-prompts", "3"], "exceeds --prompts"),
+])
+def test_frontier_bad_input_is_one_line_and_exit_2(checkpoint, args, needle, script_run):
+    assert_clean_error(script_run("studies/frontier.py", "--checkpoint", str(checkpoint), *args), needle)

@@ -9,7 +9,7 @@ from conftest import MASK_ID, PAD_ID, VOCAB, tiny_model
 from minidlm.cota import CoTAConfig, ctae_log_gain, ctev_penalty, lens_entropy
 from minidlm.sampler import SamplerConfig, generate
 
-MODELS = {sink: tiny_model(sink=sink, n_layer=5) for sink in (False, True)}
+MODELS = {sink: tiny_model(sink=sink, n_layer=5, random_gains=True) for sink in (False, True)}
 prompts_strategy = st.lists(st.lists(st.integers(0, VOCAB - 4), min_size=1, max_size=6),
                             min_size=1, max_size=3)
 CACHE_MODES = st.sampled_from([dict(cache="none"), dict(cache="prefix"), dict(cache="dual"),

@@ -13,7 +13,7 @@ def tokens(B, T, seed):
 
 @given(sink=st.booleans(), B=st.integers(1, 3), T=st.integers(1, 20), seed=st.integers(0, 99))
 def test_trace_changes_no_logit(sink, B, T, seed):
-    model = tiny_model(sink=sink)
+    model = tiny_model(sink=sink, random_gains=True)
     x = tokens(B, T, seed)
     logits, trace = model(x, trace=True)
     assert torch.equal(model(x), logits)
@@ -43,7 +43,7 @@ def test_sink_state_is_the_same_for_every_input(seed):
 
 @given(sink=st.booleans(), T=st.integers(2, 20), seed=st.integers(0, 99), data=st.data())
 def test_subset_of_queries_against_a_kv_cache_matches_the_full_forward(sink, T, seed, data):
-    model = tiny_model(sink=sink)
+    model = tiny_model(sink=sink, random_gains=True)
     x = tokens(2, T, seed)
     full = model(x)
     cache = KVBuffer(model, 2, T, torch.float64, "cpu")  # holds the sink's K/V when there is one
@@ -55,7 +55,7 @@ def test_subset_of_queries_against_a_kv_cache_matches_the_full_forward(sink, T, 
 
 @given(sink=st.booleans(), T=st.integers(1, 15), pad=st.integers(1, 5), seed=st.integers(0, 99))
 def test_padding_through_the_bias_seam_is_invisible(sink, T, pad, seed):
-    model = tiny_model(sink=sink)
+    model = tiny_model(sink=sink, random_gains=True)
     x = tokens(1, T, seed)
     padded = torch.cat([torch.zeros(1, pad, dtype=torch.long), x], dim=1)
     positions = torch.arange(T + pad) - pad
@@ -94,7 +94,7 @@ def test_unrotated_sink_makes_the_model_blind_to_a_shift_of_every_position(B, T,
        variant=st.sampled_from([dict(sink_rotation=False), dict(sink_value="zero"),
                                 dict(sink_value="zero", sink_rotation=False)]))
 def test_sink_variants_partial_forward_against_the_cache_matches_the_full_forward(T, seed, data, variant):
-    model = tiny_model(sink=True, **variant)
+    model = tiny_model(sink=True, random_gains=True, **variant)
     x = tokens(2, T, seed)
     full, trace = model(x, trace=True)
     for attn in trace.attn:  # still the paper's mask: the sink row sees only itself
