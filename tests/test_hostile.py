@@ -269,5 +269,16 @@ def test_under_torchrun_a_refused_setting_is_one_line():
                         "train_tiny.py", "--threads", "1", "--t-min", "0.9", "--t-max", "0.1"], cwd=ROOT,
                        capture_output=True, text=True, timeout=300)
     assert r.returncode != 0
-    errors = [line for line in r.stderr.splitlines() if "error:" in line]
-    assert errors == ["train_tiny.py: error: --t-min 0.9 is above --t-max 0.1 (see --help)"], r.stderr
+    line = "train_tiny.py: error: --t-min 0.9 is above --t-max 0.1 (see --help)"
+    assert [l for l in r.stderr.splitlines() if l.startswith(("error:", "train_tiny.py: error:"))] == [line]
+    assert r.stderr.count(f"traceback : {line}") == 2, r.stderr  # torchrun's table, one row per process
+
+
+def test_each_process_leaves_its_reason_in_torchruns_error_file(tmp_path, monkeypatch, capsys):
+    path = tmp_path / "error.json"
+    monkeypatch.setenv("TORCHELASTIC_ERROR_FILE", str(path))
+    monkeypatch.setenv("RANK", "1")
+    with pytest.raises(SystemExit):
+        cli.die("--batch-size 3 is the global batch")
+    assert capsys.readouterr().err == ""
+    assert json.loads(path.read_text())["message"]["message"] == "error: --batch-size 3 is the global batch"
