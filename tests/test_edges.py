@@ -519,3 +519,18 @@ def test_queries_and_keys_are_rms_normalised_with_their_own_gains_then_rotated(s
     assert torch.allclose(q, apply_rope(rms(raw[0], attn.q_norm.weight), *rope))
     assert torch.allclose(k, apply_rope(rms(raw[1], attn.k_norm.weight), *rope))
     assert torch.allclose(v, raw[2])
+
+
+# ---- the training batches ----------------------------------------------------------------------
+
+
+@given(extra=st.integers(0, 5), seq_len=st.integers(1, 9), seed=st.integers(0, 99))
+def test_random_windows_are_slices_of_the_stream_and_every_start_is_drawn(extra, seq_len, seed):
+    """A stream of seq_len + extra tokens has extra + 1 windows; 400 draws meet every one of them
+    (the last included: a start range one short would never draw it) and nothing else."""
+    from minidlm.data import random_windows
+    stream = torch.arange(seq_len + extra) * 7
+    windows = random_windows(stream, 400, seq_len, torch.Generator().manual_seed(seed))
+    starts = windows[:, 0] // 7
+    assert torch.equal(windows, stream[starts[:, None] + torch.arange(seq_len)])
+    assert sorted(set(starts.tolist())) == list(range(extra + 1))
