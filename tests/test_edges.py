@@ -534,3 +534,23 @@ def test_random_windows_are_slices_of_the_stream_and_every_start_is_drawn(extra,
     starts = windows[:, 0] // 7
     assert torch.equal(windows, stream[starts[:, None] + torch.arange(seq_len)])
     assert sorted(set(starts.tolist())) == list(range(extra + 1))
+
+
+@pytest.mark.parametrize("sink", [False, True])
+def test_the_relative_rule_counts_every_key_the_rows_attend_to_the_sink_included(sink):
+    """c_j > 3 / N with N the keys a row attends over: the real content keys, plus [SINK] when the
+    model has one. Twelve content keys: a key holding 0.24 passes 3/13 (with [SINK]) but not 3/12."""
+    L, S = 12, int(sink)
+    row = torch.zeros(S + L, dtype=torch.float64)
+    if sink:
+        row[0] = 0.3
+    row[S + 2], row[S + 4] = 0.24, 0.2
+    rest = [j for j in range(S, S + L) if j not in (S + 2, S + 4)]
+    row[rest] = (1 - row.sum()) / len(rest)
+    probe = SinkProbe(SimpleNamespace(cfg=SimpleNamespace(sink=sink)), StubTokenizer(), [L])
+    cache = SimpleNamespace(record=SimpleNamespace(attention=[row.expand(1, 1, L, S + L).clone()],
+                                                   value_norms=[torch.ones(1, 1, S + L, dtype=torch.float64)]))
+    probe(1, torch.full((1, L), 20), cache)
+    assert probe.sets[0][0, 0, 0].nonzero().flatten().tolist() == ([2] if sink else [])
+    if sink:
+        assert probe.sink_mass[0].item() == pytest.approx(0.3)
