@@ -554,3 +554,27 @@ def test_the_relative_rule_counts_every_key_the_rows_attend_to_the_sink_included
     assert probe.sets[0][0, 0, 0].nonzero().flatten().tolist() == ([2] if sink else [])
     if sink:
         assert probe.sink_mass[0].item() == pytest.approx(0.3)
+
+
+# ---- holes --------------------------------------------------------------------------------------
+
+HOLE_TOK = None
+
+
+@given(pieces=st.lists(st.text(" abcTom.,", max_size=8), min_size=1, max_size=4),
+       holes=st.lists(st.integers(1, 3), min_size=4, max_size=4))
+def test_a_canvas_keeps_the_given_text_but_the_one_space_before_each_hole(pieces, holes):
+    """encode_canvas: end-of-text, then each piece's ids and each hole's [MASK]s, in order; the
+    given ids decode to the text, less exactly one space right before each hole (it belongs to
+    the hole), and a space at the very end stays."""
+    global HOLE_TOK
+    from minidlm.holes import encode_canvas
+    from minidlm.tokenizer import Tokenizer
+    HOLE_TOK = HOLE_TOK or Tokenizer.train(["Tom ran to the park. The cat, the dog."] * 20, vocab_size=270)
+    text = "".join(p + (f"<|hole:{n}|>" if i + 1 < len(pieces) else "") for i, (p, n) in enumerate(zip(pieces, holes)))
+    canvas = encode_canvas(HOLE_TOK, text)
+    assert canvas[0] == HOLE_TOK.eot_id
+    assert canvas.count(HOLE_TOK.mask_id) == sum(holes[:len(pieces) - 1])
+    given = [t for t in canvas[1:] if t != HOLE_TOK.mask_id]
+    want = "".join(p[:-1] if p.endswith(" ") and i + 1 < len(pieces) else p for i, p in enumerate(pieces))
+    assert HOLE_TOK.decode(given) == want
