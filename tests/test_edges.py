@@ -578,3 +578,19 @@ def test_a_canvas_keeps_the_given_text_but_the_one_space_before_each_hole(pieces
     given = [t for t in canvas[1:] if t != HOLE_TOK.mask_id]
     want = "".join(p[:-1] if p.endswith(" ") and i + 1 < len(pieces) else p for i, p in enumerate(pieces))
     assert HOLE_TOK.decode(given) == want
+
+
+@given(argv=st.lists(st.sampled_from(["--steps", "10", "--force", "--out", "a b.pt", "--sink"]), max_size=6),
+       resume=st.booleans())
+def test_the_resume_command_is_the_run_less_force_with_resume_once(argv, resume):
+    """What Ctrl-C prints: the same command, without --force (it would start over) and with
+    --resume once; each argument quoted for the shell."""
+    import shlex
+    argv = ["train_tiny.py", *argv, *(["--resume"] if resume else [])]
+    run = SimpleNamespace(args=SimpleNamespace(resume=resume))
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(sys, "argv", argv)
+        command = train_tiny.Run.resume_command(run)
+    words = shlex.split(command)
+    assert words[0] == "python" and words.count("--resume") == 1 and "--force" not in words
+    assert [w for w in words[1:] if w != "--resume"] == [a for a in argv if a not in ("--force", "--resume")]
