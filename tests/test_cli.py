@@ -46,9 +46,11 @@ def run(script, *args):
 def script_run(request, capsys, monkeypatch):
     """`run`, or the same command in this process: the script's main() as `python script` runs it
     (run_main), from the repository root, with the same exit code, stdout and stderr."""
-    if request.param == "subprocess":
-        return run
+    return run if request.param == "subprocess" else in_process_runner(capsys, monkeypatch)
 
+
+def in_process_runner(capsys, monkeypatch):
+    """script_run's in-process way alone (for tests that replace part of a script)."""
     def in_process(script, *args):
         module = importlib.import_module(module_of(script))
         monkeypatch.chdir(ROOT)
