@@ -6,6 +6,7 @@
     python sample.py --prompt "Mia was sad." --prompt "A cat sat." --temperature 0.8 --seed 3
     python sample.py --cota                            # the Repeat Curse and CoTA, side by side
     python sample.py --cache feature --cota released   # dLLM-Cache + CoTA with the authors' code's constants
+    python sample.py --cache dual --threshold 0.95     # Fast-dLLM: every token 95 % sure in one step
     python sample.py --prompt "Tom had a red ball." --suffix "Tom was happy again." --gen-length 24
     python sample.py --prompt "Once upon a time, <|hole:3|> had a dog. <|hole:3|> loved it." --show
     python sample.py --checkpoint runs/ar.pt --show    # an autoregressive model (train_tiny.py --objective ar)

@@ -24,11 +24,26 @@ def first_rank() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
+def tell_torchrun(line: str):
+    """Under torchrun, leave `line` in the error file it reads for this process, so that its
+    failure report shows the reason instead of a link about enabling tracebacks."""
+    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if path:
+        try:
+            with open(path, "w") as f:
+                json.dump({"message": {"message": line, "extraInfo": {"py_callstack": line,
+                                                                      "timestamp": str(int(time.time()))}}}, f)
+        except OSError:
+            pass
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """argparse, but a bad flag is one line on stderr (and exit code 2), not usage + error."""
 
     def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n" if first_rank() else None)
+        line = f"{self.prog}: error: {message} (see --help)"
+        tell_torchrun(line)
+        self.exit(2, line + "\n" if first_rank() else None)
 
 
 def given_options(parser, argv=None) -> dict:
@@ -48,7 +63,9 @@ def given_options(parser, argv=None) -> dict:
 
 
 def die(message: str, code: int = 2):
-    """End the program with one clear line on stderr; code 2 means bad input."""
+    """End the program with one clear line on stderr (rank 0's only under torchrun); code 2 means
+    bad input."""
+    tell_torchrun(f"error: {message}")
     if first_rank():
         print(f"error: {message}", file=sys.stderr)
     sys.exit(code)

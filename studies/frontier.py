@@ -20,8 +20,9 @@ embedded corpus (the first sentence of each story), 128 tokens in blocks of 32, 
 - text tokens: the mean answer length before its first end-of-text; the rest of the 128 is
   end-of-text filler, which a confident model commits many at a time.
 
-The default (24 prompts, 4 of them at batch 1) runs in about 10 minutes at one thread; the
-grammatical rate over 24 answers (about 300 sentences) has a standard error of about 1 point.
+The default (24 prompts, 4 of them at batch 1) runs in about 10 minutes at one thread on an
+idle 2-core CPU (23 on a busy shared one); the grammatical rate over 24 answers (about 300
+sentences) has a standard error of about 1 point.
 
 This is a study, not a row of bench.py: it measures quality over many prompts as well as speed.
 Timing on a shared CPU moves by tens of percent between runs: compare within one run.
@@ -64,14 +65,14 @@ def timed_generate(model, tok, prompts, cfg):
 
 def measure(model, tok, prompts, speed_prompts, plan, gen_length, block_length, progress):
     """Every (cache, threshold) of `plan` on every batch of 8 prompts, then on each speed prompt
-    alone. The settings take turns on each batch, so a slow spell of a shared machine falls on
-    all of them alike rather than on whichever ran then."""
+    alone. The settings take turns on each batch, in reverse order every other batch, so a slow
+    spell of a shared machine falls on all of them alike rather than on whichever ran then."""
     cfgs = [SamplerConfig(gen_length=gen_length, steps=gen_length, block_length=block_length,
                           threshold=threshold, **CACHES[cache]) for cache, threshold in plan]
     acc = [dict(rows=[], s8=0.0, steps8=0, s1=0.0, steps1=0) for _ in plan]
     batches = [(prompts[i:i + 8], 8) for i in range(0, len(prompts), 8)] + [([p], 1) for p in speed_prompts]
     for i, (batch, size) in enumerate(batches, 1):
-        for cfg, a in zip(cfgs, acc):
+        for cfg, a in list(zip(cfgs, acc))[::1 if i % 2 else -1]:
             rows, seconds, steps = timed_generate(model, tok, batch, cfg)
             if size == 8:
                 a["rows"] += rows

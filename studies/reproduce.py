@@ -80,6 +80,9 @@ def stages(quick: bool, figures: bool):
         ("Sampler benchmark", ["bench.py", "--repeats", "2", "--json", f"{out}/bench.json"]
          + (["--quick", "--batch-sizes", "8"] if quick else []),
          "Tokens/s of every cache next to the speed-up its counted work promises."),
+        ("Where a cached step's time goes", ["bench.py", "--profile", "dual", "--quick", "--threads", "1"],
+         "torch.profiler over one dual-cache call (a 32-token prompt + 64 tokens, one per step): the "
+         "operators that take the most time per step, at batch 1 and 8."),
         *([("Threshold decoding: the frontier (saved rows; rerun: "
             f"`python -m studies.frontier --threads 1 --json {FRONTIER} --plot docs`, about 10 min)",
             ["-m", "studies.frontier", "--from-json", FRONTIER] + plot(docs),

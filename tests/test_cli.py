@@ -46,9 +46,11 @@ def run(script, *args):
 def script_run(request, capsys, monkeypatch):
     """`run`, or the same command in this process: the script's main() as `python script` runs it
     (run_main), from the repository root, with the same exit code, stdout and stderr."""
-    if request.param == "subprocess":
-        return run
+    return run if request.param == "subprocess" else in_process_runner(capsys, monkeypatch)
 
+
+def in_process_runner(capsys, monkeypatch):
+    """script_run's in-process way alone (for tests that replace part of a script)."""
     def in_process(script, *args):
         module = importlib.import_module(module_of(script))
         monkeypatch.chdir(ROOT)
@@ -173,8 +175,11 @@ def test_infill_fills_every_hole_and_keeps_the_given_text(checkpoint):
 
 @pytest.mark.slow
 def test_infill_study_prints_both_contexts_and_reprints_its_json(checkpoint, tmp_path):
-    out = tmp_path / "infill.json"
-    r = run("studies/infill_study.py", "--checkpoint", str(checkpoint), "--stories", "6", "--json", str(out))
+    out, model = tmp_path / "infill.json", tmp_path / "long.pt"
+    tok = Tokenizer.train([TEXT], vocab_size=300)  # a context that holds the stories (the 48-token one holds none)
+    save_model(str(model), DiffusionLM(ModelConfig(vocab_size=tok.vocab_size, n_layer=1, n_head=2, d_model=16,
+                                                   max_seq_len=1024)), tok, {"command": "test"})
+    r = run("studies/infill_study.py", "--checkpoint", str(model), "--stories", "6", "--json", str(out))
     assert r.returncode == 0, r.stderr
     assert r.stdout.count("| both sides |") == 2 and r.stdout.count("| left only |") == 2
     again = run("studies/infill_study.py", "--from-json", str(out))
@@ -231,10 +236,13 @@ def test_non_finite_loss_stops_and_keeps_the_checkpoint_readable(tmp_path):
 
 @pytest.mark.slow
 def test_repeat_study_on_a_users_text_drops_the_grammar_column(tmp_path):
-    data = tmp_path / "mine.txt"
+    data, model = tmp_path / "mine.txt", tmp_path / "mine.pt"
     data.write_text(TEXT)
+    tok = Tokenizer.train([TEXT], vocab_size=300)  # a model of this text (the shipped ones are refused)
+    save_model(str(model), DiffusionLM(ModelConfig(vocab_size=tok.vocab_size, n_layer=1, n_head=2, d_model=16,
+                                                   max_seq_len=64)), tok, {"command": "test", "args": {"data": str(data)}})
     out = tmp_path / "rows.json"
-    r = run("studies/repeat_study.py", "--data", str(data), "--prompts", "2", "--seeds", "0", "--gen-length", "8",
+    r = run("studies/repeat_study.py", "--checkpoint", str(model), "--data", str(data), "--prompts", "2", "--seeds", "0", "--gen-length", "8",
             "--rows", "stale-first", "--flow-prompts", "0", "--json", str(out))
     assert r.returncode == 0, r.stderr
     rows = json.loads(out.read_text())["rows"]
@@ -244,8 +252,9 @@ def test_repeat_study_on_a_users_text_drops_the_grammar_column(tmp_path):
 
 @pytest.mark.slow
 def test_repeat_study_over_model_seeds_prints_mean_and_sd_and_reprints_it(tmp_path):
-    out = tmp_path / "rows.json"
-    r = run("studies/repeat_study.py", "--checkpoint", "checkpoints/tiny.pt", "checkpoints/tiny.pt", "--prompts", "2",
+    out, copy = tmp_path / "rows.json", tmp_path / "tiny-copy.pt"
+    copy.write_bytes(open(os.path.join(ROOT, "checkpoints/tiny.pt"), "rb").read())  # the same file twice is refused
+    r = run("studies/repeat_study.py", "--checkpoint", "checkpoints/tiny.pt", str(copy), "--prompts", "2",
             "--seeds", "0", "--gen-length", "8", "--rows", "dual", "--flow-prompts", "0", "--json", str(out))
     assert r.returncode == 0, r.stderr
     assert "mean +- sd over 2 models" in r.stdout and "| dual | 0.00 +- 0.00 |" in r.stdout

@@ -519,3 +519,78 @@ def test_queries_and_keys_are_rms_normalised_with_their_own_gains_then_rotated(s
     assert torch.allclose(q, apply_rope(rms(raw[0], attn.q_norm.weight), *rope))
     assert torch.allclose(k, apply_rope(rms(raw[1], attn.k_norm.weight), *rope))
     assert torch.allclose(v, raw[2])
+
+
+# ---- the training batches ----------------------------------------------------------------------
+
+
+@given(extra=st.integers(0, 5), seq_len=st.integers(1, 9), seed=st.integers(0, 99))
+def test_random_windows_are_slices_of_the_stream_and_every_start_is_drawn(extra, seq_len, seed):
+    """A stream of seq_len + extra tokens has extra + 1 windows; 400 draws meet every one of them
+    (the last included: a start range one short would never draw it) and nothing else."""
+    from minidlm.data import random_windows
+    stream = torch.arange(seq_len + extra) * 7
+    windows = random_windows(stream, 400, seq_len, torch.Generator().manual_seed(seed))
+    starts = windows[:, 0] // 7
+    assert torch.equal(windows, stream[starts[:, None] + torch.arange(seq_len)])
+    assert sorted(set(starts.tolist())) == list(range(extra + 1))
+
+
+@pytest.mark.parametrize("sink", [False, True])
+def test_the_relative_rule_counts_every_key_the_rows_attend_to_the_sink_included(sink):
+    """c_j > 3 / N with N the keys a row attends over: the real content keys, plus [SINK] when the
+    model has one. Twelve content keys: a key holding 0.24 passes 3/13 (with [SINK]) but not 3/12."""
+    L, S = 12, int(sink)
+    row = torch.zeros(S + L, dtype=torch.float64)
+    if sink:
+        row[0] = 0.3
+    row[S + 2], row[S + 4] = 0.24, 0.2
+    rest = [j for j in range(S, S + L) if j not in (S + 2, S + 4)]
+    row[rest] = (1 - row.sum()) / len(rest)
+    probe = SinkProbe(SimpleNamespace(cfg=SimpleNamespace(sink=sink)), StubTokenizer(), [L])
+    cache = SimpleNamespace(record=SimpleNamespace(attention=[row.expand(1, 1, L, S + L).clone()],
+                                                   value_norms=[torch.ones(1, 1, S + L, dtype=torch.float64)]))
+    probe(1, torch.full((1, L), 20), cache)
+    assert probe.sets[0][0, 0, 0].nonzero().flatten().tolist() == ([2] if sink else [])
+    if sink:
+        assert probe.sink_mass[0].item() == pytest.approx(0.3)
+
+
+# ---- holes --------------------------------------------------------------------------------------
+
+HOLE_TOK = None
+
+
+@given(pieces=st.lists(st.text(" abcTom.,", max_size=8), min_size=1, max_size=4),
+       holes=st.lists(st.integers(1, 3), min_size=4, max_size=4))
+def test_a_canvas_keeps_the_given_text_but_the_one_space_before_each_hole(pieces, holes):
+    """encode_canvas: end-of-text, then each piece's ids and each hole's [MASK]s, in order; the
+    given ids decode to the text, less exactly one space right before each hole (it belongs to
+    the hole), and a space at the very end stays."""
+    global HOLE_TOK
+    from minidlm.holes import encode_canvas
+    from minidlm.tokenizer import Tokenizer
+    HOLE_TOK = HOLE_TOK or Tokenizer.train(["Tom ran to the park. The cat, the dog."] * 20, vocab_size=270)
+    text = "".join(p + (f"<|hole:{n}|>" if i + 1 < len(pieces) else "") for i, (p, n) in enumerate(zip(pieces, holes)))
+    canvas = encode_canvas(HOLE_TOK, text)
+    assert canvas[0] == HOLE_TOK.eot_id
+    assert canvas.count(HOLE_TOK.mask_id) == sum(holes[:len(pieces) - 1])
+    given = [t for t in canvas[1:] if t != HOLE_TOK.mask_id]
+    want = "".join(p[:-1] if p.endswith(" ") and i + 1 < len(pieces) else p for i, p in enumerate(pieces))
+    assert HOLE_TOK.decode(given) == want
+
+
+@given(argv=st.lists(st.sampled_from(["--steps", "10", "--force", "--out", "a b.pt", "--sink"]), max_size=6),
+       resume=st.booleans())
+def test_the_resume_command_is_the_run_less_force_with_resume_once(argv, resume):
+    """What Ctrl-C prints: the same command, without --force (it would start over) and with
+    --resume once; each argument quoted for the shell."""
+    import shlex
+    argv = ["train_tiny.py", *argv, *(["--resume"] if resume else [])]
+    run = SimpleNamespace(args=SimpleNamespace(resume=resume))
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(sys, "argv", argv)
+        command = train_tiny.Run.resume_command(run)
+    words = shlex.split(command)
+    assert words[0] == "python" and words.count("--resume") == 1 and "--force" not in words
+    assert [w for w in words[1:] if w != "--resume"] == [a for a in argv if a not in ("--force", "--resume")]

@@ -16,6 +16,7 @@ from minidlm.corpus import generate_stories, split_sentences
 from minidlm.distributed import Ranks
 from minidlm.model import DiffusionLM, ModelConfig
 from minidlm.tokenizer import Tokenizer
+import test_cli
 from test_cli import ROOT, assert_clean_error, checkpoint as checkpoint_fixture, script_run  # noqa: F401
 from test_resume import TINY as TINY_RUN, run_for
 
@@ -44,6 +45,13 @@ def models(tmp_path_factory):
         return str(path)
     return dict(base=make("base"), seed1=make("seed1", seed=1), short=make("short", max_seq_len=24),
                 wide=make("wide", d_model=32), prose=make("prose-model", data=str(prose)), text=str(prose))
+
+
+@pytest.fixture
+def inproc(capsys, monkeypatch):
+    """test_cli's in-process run of a script, alone: these cases replace parts of the script (the
+    corpus, the long measurement, torch.save), which a subprocess would not see."""
+    return test_cli.in_process_runner(capsys, monkeypatch)
 
 
 @pytest.fixture
@@ -85,7 +93,7 @@ CASES = [
 
 @pytest.mark.parametrize("script, flags, needle", CASES)
 def test_a_study_refuses_a_model_it_cannot_measure_in_one_line(script, flags, needle, models, small_corpus,
-                                                               script_run, monkeypatch, tmp_path):
+                                                               inproc, monkeypatch, tmp_path):
     measured = []
     import minidlm.evaluate
     import studies.infill_study
@@ -101,24 +109,24 @@ def test_a_study_refuses_a_model_it_cannot_measure_in_one_line(script, flags, ne
         argv[argv.index("--json") + 1] = str(tmp_path / "out.json")
     elif script != "minidlm/evaluate.py":
         argv += ["--json", str(tmp_path / "out.json")]
-    assert_clean_error(script_run(script, *argv), needle)
+    assert_clean_error(inproc(script, *argv), needle)
     assert not measured
 
 
-def test_a_study_of_a_model_trained_on_the_text_it_is_given_runs(models, small_corpus, script_run, tmp_path):
+def test_a_study_of_a_model_trained_on_the_text_it_is_given_runs(models, small_corpus, inproc, tmp_path):
     """The rule refuses only what it must: the prose model on its own --data is measured."""
-    r = script_run("studies/repeat_study.py", "--checkpoint", models["prose"], "--data", models["text"],
+    r = inproc("studies/repeat_study.py", "--checkpoint", models["prose"], "--data", models["text"],
                    "--quick", "--rows", "none", "--prompts", "2", "--gen-length", "8", "--flow-prompts", "0",
                    "--json", str(tmp_path / "r.json"))
     assert r.returncode == 0, r.stderr
 
 
 @pytest.mark.parametrize("content", ["[]", "{}", '{"meta": {}, "rows": []}', '[{"model": "x"}]'])
-def test_a_saved_file_that_is_empty_or_another_studys_is_refused(content, tmp_path, script_run):
+def test_a_saved_file_that_is_empty_or_another_studys_is_refused(content, tmp_path, inproc):
     path = tmp_path / "saved.json"
     path.write_text(content)
     for script in ("studies/sink_compare.py", "studies/repeat_study.py", "studies/infill_study.py"):
-        assert_clean_error(script_run(script, "--from-json", str(path)), "is not a")
+        assert_clean_error(inproc(script, "--from-json", str(path)), "is not a")
 
 
 def test_the_ablation_never_replaces_a_run_on_another_text_of_the_same_name(tmp_path, monkeypatch, capsys):
@@ -235,14 +243,14 @@ def test_a_failure_that_is_not_the_disks_is_not_called_a_full_disk(tmp_path, mon
     assert not os.listdir(tmp_path)
 
 
-def test_a_full_disk_while_training_saves_is_one_line(saved_run, tmp_path, monkeypatch, script_run):
+def test_a_full_disk_while_training_saves_is_one_line(saved_run, tmp_path, monkeypatch, inproc):
     """train_tiny.py's periodic save on a full disk: one line naming the file, exit 1."""
     def full(obj, target):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
     monkeypatch.setattr(checkpoint.torch, "save", full)
     argv = list(saved_run)
     argv[1] = str(tmp_path / "n.pt")
-    r = script_run("train_tiny.py", *argv, "--steps", "2", "--eval-interval", "1")
+    r = inproc("train_tiny.py", *argv, "--steps", "2", "--eval-interval", "1")
     assert r.returncode == 1, r.stderr
     last = r.stderr.strip().splitlines()[-1]
     assert last.startswith("error: cannot write") and "No space left on device" in last
@@ -269,5 +277,16 @@ def test_under_torchrun_a_refused_setting_is_one_line():
                         "train_tiny.py", "--threads", "1", "--t-min", "0.9", "--t-max", "0.1"], cwd=ROOT,
                        capture_output=True, text=True, timeout=300)
     assert r.returncode != 0
-    errors = [line for line in r.stderr.splitlines() if "error:" in line]
-    assert errors == ["train_tiny.py: error: --t-min 0.9 is above --t-max 0.1 (see --help)"], r.stderr
+    line = "train_tiny.py: error: --t-min 0.9 is above --t-max 0.1 (see --help)"
+    assert [l for l in r.stderr.splitlines() if l.startswith(("error:", "train_tiny.py: error:"))] == [line]
+    assert r.stderr.count(f"traceback : {line}") == 2, r.stderr  # torchrun's table, one row per process
+
+
+def test_each_process_leaves_its_reason_in_torchruns_error_file(tmp_path, monkeypatch, capsys):
+    path = tmp_path / "error.json"
+    monkeypatch.setenv("TORCHELASTIC_ERROR_FILE", str(path))
+    monkeypatch.setenv("RANK", "1")
+    with pytest.raises(SystemExit):
+        cli.die("--batch-size 3 is the global batch")
+    assert capsys.readouterr().err == ""
+    assert json.loads(path.read_text())["message"]["message"] == "error: --batch-size 3 is the global batch"
