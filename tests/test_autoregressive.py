@@ -129,6 +129,10 @@ def test_sample_decodes_an_ar_checkpoint_left_to_right(checkpoints, script_run):
     assert plain.returncode == 0 and plain.stdout == r.stdout and "cache none" in plain.stderr
 
 
+IN_PROCESS = pytest.mark.parametrize("script_run", ["in-process"], indirect=True)  # a subprocess each: too slow
+
+
+@IN_PROCESS
 @pytest.mark.parametrize("flags, needle", [
     (["--suffix", "The end."], "cannot use the text after a hole"),
     (["--prompt", "The <|hole:2|> sat."], "cannot use the text after a hole"),
@@ -148,6 +152,7 @@ def test_a_diffusion_checkpoint_refuses_the_ar_option(checkpoints, script_run):
                        "--no-kv-cache is for autoregressive checkpoints")
 
 
+@IN_PROCESS
 @pytest.mark.parametrize("flags", [["--t-min", "0.2"], ["--t-max=0.9"], ["--no-plain-ce"], ["--sink"],
                                    ["--sink-value", "zero"], ["--eval-mc", "4"], ["--curve-every", "10"]])
 def test_train_tiny_refuses_diffusion_options_with_the_ar_objective(script_run, tmp_path, flags):
