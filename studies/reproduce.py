@@ -126,7 +126,7 @@ def stages(quick: bool, figures: bool):
         *([("The autoregressive baseline against diffusion (saved rows; rerun: `python -m studies.ar_compare "
             "--threads 1`)", ["-m", "studies.ar_compare", "--from-json", AR_COMPARE],
             "The same network trained with the causal mask and the next-token loss (`train_tiny.py --objective "
-            "ar`) beside the diffusion model, at one budget, over 3 seeds.")]
+            "ar`) beside the diffusion model, at one budget and over seeds (the first line says which).")]
           if os.path.exists(AR_COMPARE) and not quick else []),
     ]
 

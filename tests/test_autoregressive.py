@@ -173,3 +173,28 @@ def test_train_tiny_ar_records_its_objective_and_resume_keeps_it(script_run, tmp
     assert model.cfg.causal and meta["objective"] == "ar" and "val_nll_nats" in meta["metrics"]
     assert_clean_error(script_run("train_tiny.py", "--resume", "--steps", "3", *tiny),
                        "--objective diffusion differs from the saved run's ar")
+
+
+@IN_PROCESS
+@pytest.mark.parametrize("flags, needle", [(["--arms", "embedded,nope"], "--arms must name arms"),
+                                           (["--seeds", "-1"], "--seeds"),
+                                           (["--from-json", "README.md"], "is not a comparison")])
+def test_the_comparison_study_refuses_bad_input(script_run, flags, needle):
+    assert_clean_error(script_run("studies/ar_compare.py", *flags), needle)
+
+
+@pytest.mark.slow
+def test_the_comparison_study_runs_end_to_end_and_prints_its_tables_again(tmp_path):
+    """Both objectives on the embedded corpus at a toy budget, every measure, then --from-json."""
+    from test_cli import run
+    out = tmp_path / "c.json"
+    r = run("studies/ar_compare.py", "--seeds", "0", "--arms", "embedded", "--steps", "2", "--n-layer", "1",
+            "--evals", "2", "--prompts", "2", "--stories", "6", "--repeats", "1", "--threads", "1",
+            "--runs", str(tmp_path / "runs"), "--json", str(out), "--plot", str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    for row in ("val bits/token, equal tokens", "equal wall time", "grammatical %, greedy",
+                "name hole recovered", "autoregressive, K/V cache", "diffusion, dual cache"):
+        assert row in r.stdout
+    assert (tmp_path / "ar_vs_diffusion.png").exists()
+    again = run("studies/ar_compare.py", "--from-json", str(out))
+    assert again.returncode == 0 and again.stdout == r.stdout
