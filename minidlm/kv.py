@@ -6,9 +6,9 @@ One preallocated buffer per generate call holds, for every layer, the keys and v
 row's K/V as they were last computed (the approximation a cache makes). The sink's K/V never
 change (its row sees only itself), so they are written once. A slice copy for a span of columns
 is several times cheaper than a scatter, so spans use it; scattered rows (dLLM-Cache) use
-`scatter_`. Shapes are static and nothing syncs with the host, except for left-to-right
-decoding (autoregressive.py): there `upto_span=True` hands back only the keys up to the newest
-row, as nothing after it has been written, so the key count grows by one each step.
+`scatter_`. Nothing syncs with the host, and shapes are static except in left-to-right decoding
+(autoregressive.py): there `upto_span=True` hands back only the keys up to the newest row, as
+nothing after it has been written, so the key count grows by one each step.
 """
 import torch
 

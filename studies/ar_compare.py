@@ -14,8 +14,11 @@ runs/ar_compare/ and are reused when their recorded command matches. Then, per s
 
 - bits/token on the validation windows: the autoregressive model's EXACT negative log-likelihood
   against the diffusion model's NELBO, an upper bound on its NLL (its true NLL is lower by an
-  unknown amount); at equal tokens (the end of both runs) and at equal wall time (each run's
-  validation curve read at the shorter run's training time, linearly between its evaluations);
+  unknown amount); at equal tokens (the end of both runs) and at equal wall time. The runs' own
+  clocks are not comparable on a shared machine (another job slows one run and not the other), so
+  the two training steps are timed here, interleaved, in one process (`throughput`): the faster
+  objective's final number is read against the slower one's validation curve at the tokens it
+  reaches in the same time (linearly between its evaluations);
 - the grammatical rate (embedded corpus only: the recognizer is that grammar's) of greedy and of
   sampled (temperature 1) continuations of 64 tokens after held-out first sentences; diffusion:
   64 steps in blocks of 32, as train_tiny.py measures it;
@@ -37,6 +40,7 @@ import json
 import os
 import statistics
 import sys
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -49,15 +53,16 @@ from minidlm.data import load_documents
 from minidlm.evaluate import held_out_prompts, sample_grammatical_rate
 from minidlm.files import preflight, write_json, write_text
 from minidlm.prose import pydoc_text
+from minidlm.model import DiffusionLM, ModelConfig
+from minidlm.optim import build_optimizers
 from minidlm.sampler import SamplerConfig, generate
+from minidlm.train import TrainConfig, bf16_autocast, train_step
 from studies.ablation import run as train
 from studies.infill_study import TARGETS, measure
 
-RUNS = "runs/ar_compare"
-PYDOC = os.path.join(RUNS, "pydoc.txt")
-ARMS = {  # name: (what, train_tiny.py flags)
+ARMS = {  # name: (what, train_tiny.py flags); PYDOC: the text file, written into --runs
     "embedded": ("the embedded corpus", []),
-    "pydoc": ("Python's documentation (pydoc) as prose", ["--data", PYDOC]),
+    "pydoc": ("Python's documentation (pydoc) as prose", ["--data", "PYDOC"]),
     "tenth": ("a tenth of the embedded corpus, 10x the epochs", ["--train-fraction", "0.1"]),
 }
 OBJECTIVES = {"ar": "autoregressive (exact NLL)", "diffusion": "diffusion (NELBO, a bound)"}
@@ -77,6 +82,8 @@ def build_parser():
     p.add_argument("--repeats", type=number(int, 1, 100), default=2, help="timed decodes per setting (best counts)")
     p.add_argument("--threads", type=number(int, 1, 1024), default=None, help="torch CPU threads, here and in training")
     p.add_argument("--device", default="cpu", help="where the measures run (training: train_tiny.py's auto)")
+    p.add_argument("--runs", default="runs/ar_compare", metavar="DIR",
+                   help="where the trainings go; finished ones with the same command are reused (default %(default)s)")
     p.add_argument("--json", default="studies/results/ar_compare.json", help="where the rows go (default %(default)s)")
     p.add_argument("--plot", default="docs", metavar="DIR",
                    help="write ar_vs_diffusion.png here (default %(default)s; 'none' for no figure)")
@@ -84,26 +91,57 @@ def build_parser():
     return p
 
 
+def pydoc_path(args) -> str:
+    return os.path.join(args.runs, "pydoc.txt")
+
+
 def train_arm(arm, seed, args) -> dict:
     """Both objectives' runs of one arm and seed: {objective: final metrics + the validation curve}."""
     out = {}
     for objective in OBJECTIVES:
         flags = ["--objective", objective, "--seed", str(seed), "--steps", str(args.steps), "--n-layer",
-                 str(args.n_layer), "--eval-interval", str(max(1, args.steps // args.evals)), *ARMS[arm][1]]
+                 str(args.n_layer), "--eval-interval", str(max(1, args.steps // args.evals))]
+        flags += [pydoc_path(args) if f == "PYDOC" else f for f in ARMS[arm][1]]
         flags += ["--threads", str(args.threads)] if args.threads else []
-        path = os.path.join(RUNS, f"{arm}-{objective}-{seed}")
+        path = os.path.join(args.runs, f"{arm}-{objective}-{seed}")
         r = train(flags, path + ".pt", path + ".log")
         meta = read(path + ".pt")["meta"]
         r.update(path=path + ".pt", evals=meta.get("evals", []),
                  train_seconds=meta["metrics"]["train_minutes"] * 60)
         out[objective] = r
-    # equal wall time: each curve read at the shorter run's training time
-    t = min(r["train_seconds"] for r in out.values())
-    for r in out.values():
-        r["equal_time_seconds"] = t
-        r["bits_equal_time"] = float(np.interp(t, [e["train_seconds"] for e in r["evals"]],
-                                               [e["bits"] for e in r["evals"]]))
     return out
+
+
+def throughput(args, device, rounds=6, steps=3) -> dict:
+    """Training tokens/s of each objective at the study's shape and batch, timed in this process
+    with the rounds interleaved, so that both see the same load (random tokens, train_tiny.py's
+    recipe and arithmetic)."""
+    cfg, recipe = ModelConfig(n_layer=args.n_layer), TrainConfig()
+    x0 = torch.randint(0, cfg.vocab_size - 2, (recipe.batch_size, cfg.max_seq_len), device=device)
+    steps_of, seconds = {}, dict.fromkeys(OBJECTIVES, 0.0)
+    for objective in OBJECTIVES:
+        torch.manual_seed(0)
+        model = DiffusionLM(replace(cfg, causal=objective == "ar")).to(device).train()
+        opts = build_optimizers(model, recipe.optimizer, recipe.lr, recipe.muon_lr, recipe.weight_decay)
+        g = torch.Generator(device=device).manual_seed(0)
+        tcfg = replace(recipe, objective=objective)
+        steps_of[objective] = lambda m=model, o=opts, g=g, t=tcfg: train_step(
+            m, o, x0, cfg.vocab_size - 1, g, t, autocast=bf16_autocast(device), bos_id=cfg.vocab_size - 2)
+        steps_of[objective]()  # warm-up
+    for _ in range(rounds):
+        for objective in OBJECTIVES:
+            seconds[objective] += timed(device, lambda: [steps_of[objective]() for _ in range(steps)])[1]
+    return {o: rounds * steps * x0.numel() / seconds[o] for o in OBJECTIVES}
+
+
+def equal_time(runs: dict, tok_s: dict):
+    """Each run's bits at the wall time the faster objective needs for the whole budget."""
+    fast = max(tok_s, key=tok_s.get)
+    for objective, r in runs.items():
+        tokens = r["evals"][-1]["tokens"] * min(1.0, tok_s[objective] / tok_s[fast])
+        r["equal_time_tokens"] = tokens
+        r["bits_equal_time"] = float(np.interp(tokens, [e["tokens"] for e in r["evals"]],
+                                               [e["bits"] for e in r["evals"]]))
 
 
 def decode(model, tok, prompts, cfg: SamplerConfig, seed=0):
@@ -167,17 +205,16 @@ def tables(saved) -> str:
              f"{m['steps']} steps x 8 x 256 = {m['steps'] * 2048 / 1e6:.2f} M tokens per run, {m['threads']} "
              f"thread(s); mean +- sd over seeds {seeds}. Bits/token on the validation windows: "
              f"autoregressive = exact NLL, diffusion = NELBO (an upper bound on its NLL).", "",
-             "| data | measure | autoregressive | diffusion |", "|---|---|---|---|"]
+             "| data | measure | autoregressive | diffusion |", "|---|---|---|---|",
+             f"| all | training tokens/s, timed interleaved in one process | {saved['tok_s']['ar']:,.0f} | "
+             f"{saved['tok_s']['diffusion']:,.0f} |"]
     per = lambda arm, obj, key: [r[obj][key] for r in arms[arm]]
     for arm, rows in arms.items():
         what = ARMS[arm][0]
-        t = statistics.mean(r["ar"]["equal_time_seconds"] for r in rows)
         lines += [f"| {what} | val bits/token, equal tokens | {mean_sd(per(arm, 'ar', 'bits'))} | "
                   f"{mean_sd(per(arm, 'diffusion', 'bits'))} |",
-                  f"| {what} | val bits/token, equal wall time ({t:.0f} s) | {mean_sd(per(arm, 'ar', 'bits_equal_time'))} | "
-                  f"{mean_sd(per(arm, 'diffusion', 'bits_equal_time'))} |",
-                  f"| {what} | training tokens/s | {mean_sd(per(arm, 'ar', 'tok_s'), ',.0f')} | "
-                  f"{mean_sd(per(arm, 'diffusion', 'tok_s'), ',.0f')} |"]
+                  f"| {what} | val bits/token, equal wall time | {mean_sd(per(arm, 'ar', 'bits_equal_time'))} | "
+                  f"{mean_sd(per(arm, 'diffusion', 'bits_equal_time'))} |"]
         if arm == "tenth":
             best = lambda obj: [min(e["bits"] for e in r[obj]["evals"]) for r in rows]
             lines.append(f"| {what} | best val bits/token along the run | {mean_sd(best('ar'))} | "
@@ -218,22 +255,22 @@ def plot(saved, folder) -> str:
     arms = saved["arms"]
     fig, axes = plt.subplots(1, len(arms), figsize=(4.2 * len(arms), 3.6), squeeze=False)
     for ax, (arm, rows) in zip(axes[0], arms.items()):
-        by_time = arm != "tenth"  # repeated data: against tokens (epochs); the others against time
         for colour, obj in zip(("C0", "C1"), OBJECTIVES):
             for i, r in enumerate(rows):
-                x = [e["train_seconds"] if by_time else e["tokens"] / 1e6 for e in r[obj]["evals"]]
+                x = [e["tokens"] / 1e6 for e in r[obj]["evals"]]
                 ax.plot(x, [e["bits"] for e in r[obj]["evals"]], color=colour, marker=".", lw=1,
                         label=OBJECTIVES[obj] if i == 0 else None)
             if arm == "tenth" and "embedded" in arms:  # the same seeds on all of the data, dashed
                 for i, r in enumerate(arms["embedded"]):
                     ax.plot([e["tokens"] / 1e6 for e in r[obj]["evals"]], [e["bits"] for e in r[obj]["evals"]],
                             color=colour, ls="--", lw=0.8, alpha=0.7, label="all of the data" if i == 0 and obj == "ar" else None)
-        ax.set_xlabel("training time (s)" if by_time else "training tokens (M)")
+        ax.set_xlabel("training tokens (M)")
         ax.set_ylabel("validation bits/token")
         ax.set_title(ARMS[arm][0], fontsize=10)
         ax.legend(fontsize=7)
-    fig.suptitle("Same network and budget: autoregressive NLL against the diffusion NELBO (one line per seed)",
-                 fontsize=10)
+    tok_s = saved["tok_s"]
+    fig.suptitle("Same network and budget: autoregressive NLL against the diffusion NELBO (one line per seed); "
+                 f"training speed AR / diffusion {tok_s['ar'] / tok_s['diffusion']:.2f}", fontsize=10)
     fig.tight_layout()
     path = os.path.join(folder, "ar_vs_diffusion.png")
     save_figure(fig, path)
@@ -265,10 +302,10 @@ def main():
         die(str(e))
     if args.threads:
         torch.set_num_threads(args.threads)
-    os.makedirs(RUNS, exist_ok=True)
-    if "pydoc" in arms and not os.path.exists(PYDOC):
+    os.makedirs(args.runs, exist_ok=True)
+    if "pydoc" in arms and not os.path.exists(pydoc_path(args)):
         text = pydoc_text()
-        write_text(PYDOC, lambda f: f.write(text))
+        write_text(pydoc_path(args), lambda f: f.write(text))
     saved = {"meta": {"seeds": args.seeds, "steps": args.steps, "n_layer": args.n_layer, "threads": args.threads or
                       torch.get_num_threads(), "repeats": args.repeats, "prompts": args.prompts,
                       "stories": args.stories},
@@ -276,6 +313,12 @@ def main():
     for seed in args.seeds:  # seed by seed: an interrupted study leaves whole seeds to reuse
         for arm in arms:
             saved["arms"][arm].append(train_arm(arm, seed, args))
+    saved["tok_s"] = throughput(args, device)
+    print(f"training throughput, interleaved: " + ", ".join(f"{o} {v:,.0f} tok/s" for o, v in saved["tok_s"].items()),
+          file=sys.stderr, flush=True)
+    for rows in saved["arms"].values():
+        for runs in rows:
+            equal_time(runs, saved["tok_s"])
     first = saved["arms"][arms[0]][0]
     saved["meta"]["params"] = load_model(first["ar"]["path"])[0].num_params()
     if "embedded" in arms:

@@ -47,6 +47,7 @@ INFILL_SEEDS = "studies/results/infill_seeds.json"
 SWEEP = "studies/results/repeat_sweep.json"
 SWEEP_SEEDS = "studies/results/repeat_sweep_seeds.json"
 FRONTIER = "studies/results/frontier.json"
+AR_COMPARE = "studies/results/ar_compare.json"
 # (what, saved rows, how to rerun them)
 ABLATIONS = [("embedded corpus", ["studies/results/ablation.json"], "`python -m studies.ablation --rows first-round,muon,mid-t,arch,default`"),
              ("Python's documentation as prose", ["studies/results/ablation-pydoc.json"],
@@ -136,6 +137,11 @@ def stages(quick: bool, figures: bool):
             ["-m", "studies.infill_study", "--from-json", INFILL_SEEDS],
             "The same study on the three baseline seed runs of the default recipe: mean +- sd over the models.")]
           if os.path.exists(INFILL_SEEDS) and not quick else []),
+        *([("The autoregressive baseline against diffusion (saved rows; rerun: `python -m studies.ar_compare "
+            "--threads 1`)", ["-m", "studies.ar_compare", "--from-json", AR_COMPARE],
+            "The same network trained with the causal mask and the next-token loss (`train_tiny.py --objective "
+            "ar`) beside the diffusion model, at one budget and over seeds (the first line says which).")]
+          if os.path.exists(AR_COMPARE) and not quick else []),
     ]
 
 

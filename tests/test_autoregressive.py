@@ -129,6 +129,10 @@ def test_sample_decodes_an_ar_checkpoint_left_to_right(checkpoints, script_run):
     assert plain.returncode == 0 and plain.stdout == r.stdout and "cache none" in plain.stderr
 
 
+IN_PROCESS = pytest.mark.parametrize("script_run", ["in-process"], indirect=True)  # a subprocess each: too slow
+
+
+@IN_PROCESS
 @pytest.mark.parametrize("flags, needle", [
     (["--suffix", "The end."], "cannot use the text after a hole"),
     (["--prompt", "The <|hole:2|> sat."], "cannot use the text after a hole"),
@@ -148,6 +152,7 @@ def test_a_diffusion_checkpoint_refuses_the_ar_option(checkpoints, script_run):
                        "--no-kv-cache is for autoregressive checkpoints")
 
 
+@IN_PROCESS
 @pytest.mark.parametrize("flags", [["--t-min", "0.2"], ["--t-max=0.9"], ["--no-plain-ce"], ["--sink"],
                                    ["--sink-value", "zero"], ["--eval-mc", "4"], ["--curve-every", "10"]])
 def test_train_tiny_refuses_diffusion_options_with_the_ar_objective(script_run, tmp_path, flags):
@@ -168,3 +173,28 @@ def test_train_tiny_ar_records_its_objective_and_resume_keeps_it(script_run, tmp
     assert model.cfg.causal and meta["objective"] == "ar" and "val_nll_nats" in meta["metrics"]
     assert_clean_error(script_run("train_tiny.py", "--resume", "--steps", "3", *tiny),
                        "--objective diffusion differs from the saved run's ar")
+
+
+@IN_PROCESS
+@pytest.mark.parametrize("flags, needle", [(["--arms", "embedded,nope"], "--arms must name arms"),
+                                           (["--seeds", "-1"], "--seeds"),
+                                           (["--from-json", "README.md"], "is not a comparison")])
+def test_the_comparison_study_refuses_bad_input(script_run, flags, needle):
+    assert_clean_error(script_run("studies/ar_compare.py", *flags), needle)
+
+
+@pytest.mark.slow
+def test_the_comparison_study_runs_end_to_end_and_prints_its_tables_again(tmp_path):
+    """Both objectives on the embedded corpus at a toy budget, every measure, then --from-json."""
+    from test_cli import run
+    out = tmp_path / "c.json"
+    r = run("studies/ar_compare.py", "--seeds", "0", "--arms", "embedded", "--steps", "2", "--n-layer", "1",
+            "--evals", "2", "--prompts", "2", "--stories", "6", "--repeats", "1", "--threads", "1",
+            "--runs", str(tmp_path / "runs"), "--json", str(out), "--plot", str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    for row in ("val bits/token, equal tokens", "equal wall time", "grammatical %, greedy",
+                "name hole recovered", "autoregressive, K/V cache", "diffusion, dual cache"):
+        assert row in r.stdout
+    assert (tmp_path / "ar_vs_diffusion.png").exists()
+    again = run("studies/ar_compare.py", "--from-json", str(out))
+    assert again.returncode == 0 and again.stdout == r.stdout

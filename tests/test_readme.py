@@ -40,7 +40,8 @@ def tables(text):
 
 # The pages whose tables all come from the report (docs/training.md also holds training runs
 # measured by their own commands, which it prints above each table).
-STUDY_PAGES = ["README.md", "docs/caches.md", "docs/sinks.md", "docs/repeat-curse.md", "docs/infilling.md"]
+STUDY_PAGES = ["README.md", "docs/caches.md", "docs/sinks.md", "docs/repeat-curse.md", "docs/infilling.md",
+               "docs/ar-vs-diffusion.md"]
 
 
 def test_every_study_table_is_in_the_latest_report():
