@@ -80,9 +80,12 @@ class CoTA:
     `penalty(x, hidden, lo, hi)`, CTEV's term subtracted from the block's confidences (None when
     off); `refresh_policy`, CTAR for the feature cache."""
 
-    def __init__(self, cfg: CoTAConfig, model, pad_bias, is_hole, mask_id: int):
-        """is_hole: (B, L) the canvas's response positions (its holes); pad_bias: (B, 1, 1, L) or None."""
+    def __init__(self, cfg: CoTAConfig, model, pad_bias, is_hole, mask_id: int, real=None):
+        """is_hole: (B, L) the canvas's response positions (its holes); pad_bias: (B, 1, 1, L) or None;
+        real: (B, L) bool, False on a row's left padding (None: no padding). Padding is outside the
+        canvas, so CTEV never counts it as a neighbour: a row's tokens do not depend on the batch."""
         self.cfg, self.model, self.pad, self.is_hole, self.mask_id = cfg, model, pad_bias, is_hole, mask_id
+        self.real = real
         self.positions = torch.arange(is_hole.shape[1], device=is_hole.device)
         self.deep = cfg.deep_layers(model.cfg.n_layer)
         self.hidden_layers = self.deep if cfg.ctev else []  # what a cache must keep for `penalty`
@@ -100,9 +103,11 @@ class CoTA:
         states `hidden[layer]` the model used at this step; context mode: committed neighbours."""
         if not self.cfg.ctev:
             return None
-        committed = (x != self.mask_id) if self.cfg.ctev_mode == "context" else None
+        counted = (x != self.mask_id) if self.cfg.ctev_mode == "context" else None
+        if self.real is not None:
+            counted = self.real if counted is None else counted & self.real
         return self.cfg.ctev_lambda * ctev_penalty(self.model, [hidden[l] for l in self.deep], lo, hi,
-                                                   self.cfg.ctev_window, committed)
+                                                   self.cfg.ctev_window, counted)
 
     def refresh_policy(self, policy, x, holes, per_step: int):
         """The feature cache's refresh policy with CTAR in the deep band (refresh.py), or as it is."""
@@ -121,8 +126,8 @@ def lens_entropy(model, hidden):
 def ctev_penalty(model, deep_hidden, lo: int, hi: int, window: int, committed=None):
     """mean over j in C(i) of the deep-layer entropy, for the block's columns lo..hi-1: (B, hi-lo).
     deep_hidden: list of (B, L, d) hidden states of the deep layers over the whole canvas.
-    committed: None ("self" mode: every neighbour in the window counts) or a (B, L) bool mask
-    ("context" mode: only committed neighbours count; no such neighbour gives 0)."""
+    committed: None (every neighbour in the window counts) or a (B, L) bool mask of the neighbours
+    that count ("context" mode: the committed ones; padding never counts); none gives 0."""
     L = deep_hidden[0].shape[1]
     a, b = max(0, lo - window), min(L, hi + window)
     entropy = torch.stack([lens_entropy(model, h[:, a:b]) for h in deep_hidden]).mean(0)

@@ -220,7 +220,8 @@ def infill(model, canvases, mask_id: int, pad_id: int, cfg: SamplerConfig, seed:
     same = bool((firsts == firsts[:1]).all() and (lasts == lasts[:1]).all())
     positions = torch.arange(L, device=device) - n_pad[:, None]
     pad = padding_bias(n_pad, L) if bool((n_pad > 0).any()) else None
-    cota = CoTA(cfg.cota, model, pad, is_hole, mask_id)
+    real = torch.arange(L, device=device)[None] >= n_pad[:, None] if pad is not None else None
+    cota = CoTA(cfg.cota, model, pad, is_hole, mask_id, real)
     schedule = transfer_schedule(bl, cfg.steps // len(spans))  # tokens committed at each step of a block
     fixed = cfg.threshold is None
     cache = make_cache(cfg, model, x, positions, cota, given, holes, observe,

@@ -109,7 +109,8 @@ def test_deep_band_is_the_last_fifth_before_the_final_layer():
 @given(prompts=prompts_strategy, mode=st.sampled_from(["self", "context"]), cache=CACHE_MODES)
 def test_generate_hands_ctev_the_committed_set_in_context_mode(prompts, mode, cache):
     """As `generate` calls it: context-mode CTEV gets exactly the committed positions of the
-    canvas at that step (prompt and earlier commits), self mode gets none."""
+    canvas at that step (prompt and earlier commits), self mode every position; neither counts a
+    row's left padding (None when no row is padded)."""
     import minidlm.cota as cota_module
     seen = []
 
@@ -130,8 +131,10 @@ def test_generate_hands_ctev_the_committed_set_in_context_mode(prompts, mode, ca
     assert len(seen) == 8
     P = max(map(len, prompts))
     canvases = [torch.cat([frames[0][:, :P], torch.full((len(prompts), 8), MASK_ID)], 1)] + frames[:-1]
+    real = torch.tensor([[False] * (P - len(p)) + [True] * (len(p) + 8) for p in prompts])
+    padded = not bool(real.all())
     for (committed, lo, hi), canvas in zip(seen, canvases):  # the canvas BEFORE the step's commit
         if mode == "self":
-            assert committed is None
+            assert torch.equal(committed, real) if padded else committed is None
         else:
-            assert torch.equal(committed, canvas != MASK_ID)
+            assert torch.equal(committed, (canvas != MASK_ID) & real)

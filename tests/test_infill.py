@@ -217,3 +217,15 @@ def test_the_study_blanks_the_first_mention_of_a_word_that_comes_back_later():
     assert word == "Mia" and both.count(tok.mask_id) == left.count(tok.mask_id) == n
     assert left[-n:] == [tok.mask_id] * n and both[:len(left)] == left
     assert tok.decode(both[len(left):]) == suffix
+
+
+def test_ctev_never_counts_a_rows_padding_as_a_neighbour():
+    """A short row left-padded in a batch: CTEV's neighbour mean at its first columns must see the
+    canvas edge, not the padding, or the row's tokens depend on the batch (a case hypothesis found
+    once, with unit norm gains and a hole at the canvas start)."""
+    models = {True: tiny_model(sink=True, n_layer=3)}
+    batch = [[MASK_ID] * 4 + [7] + [MASK_ID] * 4 + [10], [MASK_ID] * 8 + [0, 0, 0]]
+    for cota in (dict(ctev=True), dict(ctev=True, ctev_mode="context"), dict(ctae=True, ctev=True)):
+        cfg = SamplerConfig(block_length=8, steps=7, cota=CoTAConfig(**cota))
+        together = infill(models[True], batch, MASK_ID, PAD_ID, cfg)[0, -len(batch[0]):]
+        assert torch.equal(together, infill(models[True], batch[:1], MASK_ID, PAD_ID, cfg)[0])
