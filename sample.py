@@ -339,6 +339,17 @@ def main():
     out, seconds = timed(device, lambda: generate(
         runner(model, args), prompts, tokenizer.mask_id, tokenizer.eot_id, cfg, seed=args.seed,
         on_step=observing(view.draw if view else None, probe, recorder), stats=stats, observe=args.sinks))
+    finish(args, tokenizer, texts, out, view, recorder)
+    report(args, cfg, len(texts), stats, seconds, device)
+    if probe:
+        print(describe(probe, P), file=sys.stderr)
+        if args.plot:
+            for path in plot(probe, args.plot, P):
+                print(f"wrote {path}", file=sys.stderr)
+
+
+def finish(args, tokenizer, texts, out, view, recorder):
+    """After decoding: close the --show view, write --save's GIF, print each prompt and its answer."""
     if view:
         view.close()
     if recorder:
@@ -347,12 +358,6 @@ def main():
         print(text + continuation_text(tokenizer, row))
         if len(texts) > 1:
             print()
-    report(args, cfg, len(texts), stats, seconds, device)
-    if probe:
-        print(describe(probe, P), file=sys.stderr)
-        if args.plot:
-            for path in plot(probe, args.plot, P):
-                print(f"wrote {path}", file=sys.stderr)
 
 
 # what an autoregressive checkpoint takes; every other option belongs to the diffusion sampler
@@ -383,14 +388,7 @@ def ar_main(args, model, tokenizer, device):
     out, seconds = timed(device, lambda: decode(
         model, prompts, tokenizer.mask_id, tokenizer.eot_id, n, args.temperature, seed=args.seed,
         on_step=observing(view.draw if view else None, recorder), stats=stats))
-    if view:
-        view.close()
-    if recorder:
-        print(f"wrote {save_gif(args.save, recorder.frames, tokenizer, prompt=texts[0])}", file=sys.stderr)
-    for text, row in zip(texts, out):
-        print(text + continuation_text(tokenizer, row))
-        if len(texts) > 1:
-            print()
+    finish(args, tokenizer, texts, out, view, recorder)
     rows = stats["rows_per_layer"][0]
     print(f"{len(texts)} x {n} tokens in {stats['steps']} steps, {seconds:.2f}s ({len(texts) * n / seconds:.0f} "
           f"tok/s) on {device.type}, cache {'none' if args.no_kv_cache else 'kv'}: {rows:,.0f} rows per layer "

@@ -241,3 +241,19 @@ def save_figure(fig, path: str, dpi: int = 120):
     """fig.savefig, atomically (`atomic_write`): an interrupted run never leaves half a PNG."""
     from .files import atomic_write  # files.py imports die from here
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi))
+
+
+def parse_arms(arm_flags, default: dict) -> dict:
+    """{arm name: [checkpoint paths]} from the studies' --arm NAME=PATH[,PATH...] flags (one path per
+    seed), or `default` when none was given; a malformed or repeated name is one line, exit 2."""
+    if not arm_flags:
+        return default
+    arms = {}
+    for arm in arm_flags:
+        name, _, paths = arm.partition("=")
+        if not name or not paths or "" in paths.split(","):
+            die(f"--arm takes NAME=PATH[,PATH...], got {arm!r}")
+        if name in arms:
+            die(f"two arms are named {name!r}: give each --arm a name of its own")
+        arms[name] = paths.split(",")
+    return arms

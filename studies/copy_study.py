@@ -28,7 +28,7 @@ import statistics
 import sys
 
 from minidlm.checkpoint import CheckpointError, load_model
-from minidlm.cli import (ArgumentParser, cell, die, number, pick_device, pyplot, require_plot_extra,
+from minidlm.cli import (ArgumentParser, cell, die, number, parse_arms, pick_device, pyplot, require_plot_extra,
                          run_main, save_figure)
 from minidlm.copy_probe import MENTIONS, copy_probe, repeat_stats
 from minidlm.corpus import NAME_SHARE, generate_stories
@@ -52,18 +52,6 @@ def build_parser():
     p.add_argument("--plot", default=None, metavar="DIR", help="write copy_curve.png here (plot extra)")
     p.add_argument("--device", default="auto")
     return p
-
-
-def parse_arms(args) -> dict:
-    if not args.arm:
-        return DEFAULT_ARMS
-    arms = {}
-    for a in args.arm:
-        name, _, paths = a.partition("=")
-        if not name or not paths or "" in paths.split(","):
-            die(f"--arm takes NAME=PATH[,PATH...], got {a!r}")
-        arms[name] = paths.split(",")
-    return arms
 
 
 def mean_curve(curves):
@@ -238,7 +226,7 @@ def load_saved(path):
 
 def main():
     args = build_parser().parse_args()
-    arms = {} if args.from_json else parse_arms(args)
+    arms = {} if args.from_json else parse_arms(args.arm, DEFAULT_ARMS)
     checkpoints = {label: path for name, paths in arms.items()
                    for label, path in numbered(f"--arm {name}", paths).items()}
     preflight(outputs={"--json": args.json if not args.from_json else None},

@@ -33,7 +33,7 @@ import sys
 import torch
 
 from minidlm.checkpoint import CheckpointError, load_model
-from minidlm.cli import (ArgumentParser, cell, die, number, pick_device, pyplot, require_plot_extra,
+from minidlm.cli import (ArgumentParser, cell, die, number, parse_arms, pick_device, pyplot, require_plot_extra,
                          run_main, save_figure)
 from minidlm.files import numbered, preflight, write_json
 from minidlm.corpus import CorpusError
@@ -196,21 +196,6 @@ def build_parser():
     return p
 
 
-def parse_arms(args) -> dict:
-    """{arm name: [checkpoint paths]} from --arm NAME=PATH[,PATH...], else the default arms."""
-    if not args.arm:
-        return DEFAULT_ARMS
-    arms = {}
-    for arm in args.arm:
-        name, _, paths = arm.partition("=")
-        if not name or not paths or "" in paths.split(","):
-            die(f"--arm takes NAME=PATH[,PATH...], got {arm!r}")
-        if name in arms:
-            die(f"two arms are named {name!r}: give each --arm a name of its own")
-        arms[name] = paths.split(",")
-    return arms
-
-
 def check_arms(args, arms, val_docs, device):
     """Before measuring anything: every checkpoint loads, was trained on the text it is measured
     on, holds a prompt plus the 64 sampled tokens in its context; an arm's seeds share one
@@ -294,7 +279,7 @@ def print_tables(rows, plot_folder):
 
 def main():
     args = build_parser().parse_args()
-    arms = {} if args.from_json else parse_arms(args)
+    arms = {} if args.from_json else parse_arms(args.arm, DEFAULT_ARMS)
     checkpoints = {label: path for name, paths in arms.items()
                    for label, path in numbered(f"--arm {name}", paths).items()}
     preflight(outputs={"--json": None if args.from_json else args.json},
