@@ -25,6 +25,15 @@ from .model import Trace
 from .observe import AttentionRecord
 
 
+def cosine_similarity(a, b, eps: float = 1e-8):
+    """F.cosine_similarity(a, b, dim=-1) as its kernel computes it (each vector divided by its
+    norm, clamped at eps; the products summed): the same bits without its dozen dispatches for
+    dtypes and broadcasting, which it makes in every layer of every partial step."""
+    a_norm = torch.linalg.vector_norm(a, dim=-1, keepdim=True).clamp_min_(eps)
+    b_norm = torch.linalg.vector_norm(b, dim=-1, keepdim=True).clamp_min_(eps)
+    return ((a / a_norm) * (b / b_norm)).sum(-1)
+
+
 class NoCache:
     """The reference: the whole sequence through the whole model at every step."""
 
@@ -140,8 +149,7 @@ class FeatureCache(NoCache):
                 hole_keys = (self.holes + self.kv.sink)[:, None, :, None].expand_as(fresh)
                 if n > 0:  # low similarity first
                     cached = self.kv.v[layer].gather(2, hole_keys)
-                    similarity = F.cosine_similarity(fresh.transpose(1, 2).flatten(2),
-                                                     cached.transpose(1, 2).flatten(2), dim=-1)
+                    similarity = cosine_similarity(fresh.transpose(1, 2).flatten(2), cached.transpose(1, 2).flatten(2))
                     rows = torch.cat([due, self.holes.gather(1, self.policy.pick(layer, similarity, n))], dim=1)
                 if self.fresh_values:  # every response row's fresh V, in attention and next time
                     self.kv.v[layer].scatter_(2, hole_keys, fresh)
