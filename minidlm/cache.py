@@ -25,6 +25,15 @@ from .model import Trace
 from .observe import AttentionRecord
 
 
+def cosine_similarity(a, b, eps: float = 1e-8):
+    """F.cosine_similarity(a, b, dim=-1) as its kernel computes it (each vector divided by its
+    norm, clamped at eps; the products summed): the same bits without its dozen dispatches for
+    dtypes and broadcasting, which it makes in every layer of every partial step."""
+    a_norm = torch.linalg.vector_norm(a, dim=-1, keepdim=True).clamp_min_(eps)
+    b_norm = torch.linalg.vector_norm(b, dim=-1, keepdim=True).clamp_min_(eps)
+    return ((a / a_norm) * (b / b_norm)).sum(-1)
+
+
 class NoCache:
     """The reference: the whole sequence through the whole model at every step."""
 
@@ -33,6 +42,7 @@ class NoCache:
         self.batch, self.length = x.shape
         n_layer, dtype = model.cfg.n_layer, next(model.parameters()).dtype
         self.all_rows = torch.arange(self.length, device=x.device).expand(self.batch, -1)
+        self.rope = model.rope(positions.expand(self.batch, -1))  # once per call, sliced per step
         self.rows_computed = [0] * n_layer
         self.hidden = {layer: torch.zeros(self.batch, self.length, model.cfg.d_model, dtype=dtype, device=x.device)
                        for layer in (range(n_layer) if observe else keep_hidden)}
@@ -42,11 +52,12 @@ class NoCache:
         """Run canvas columns start..end-1 as queries (against `kv`, written at those columns of
         each row that `keep` marks, or all); record the kept hidden states and the attention."""
         self.rows_computed = [n + self.batch * (end - start) for n in self.rows_computed]
-        rows = None if (start, end) == (0, self.length) else self.all_rows[:, start:end]
+        full = (start, end) == (0, self.length)
+        rows = None if full else self.all_rows[:, start:end]
+        rope = self.rope if full else tuple(t[:, :, start:end] for t in self.rope)
         trace = Trace(attention=self.record is not None) if self.hidden else None
-        out = self.model(x[:, start:end], positions=self.positions[:, start:end],
-                         cache=None if kv is None else kv.writer((start, end), keep=keep),
-                         attn_bias=self.bias_for(rows), trace=trace)
+        out = self.model(x[:, start:end], cache=None if kv is None else kv.writer((start, end), keep=keep),
+                         attn_bias=self.bias_for(rows), trace=trace, rope=rope)
         if trace is None:
             return out
         for layer, buffer in self.hidden.items():
@@ -129,7 +140,7 @@ class FeatureCache(NoCache):
         refresh_prompt, refresh_response = (self.clock - 1) % self.K_p == 0, (self.clock - 1) % self.K_r == 0
         due = ([self.given] if refresh_prompt else []) + ([self.holes] if refresh_response else [])
         due = torch.cat(due, dim=1) if due else self.all_rows[:, :0]
-        h, rope = self.model.embed_rows(x, self.positions)
+        h, rope = self.model.embed_rows(x, rope=self.rope)
         hole_rows = self.holes[:, :, None].expand(-1, -1, h.shape[-1])
         for layer, block in enumerate(self.model.blocks):
             rows, n = due, self.policy.budget(layer, self.n_partial)
@@ -138,8 +149,7 @@ class FeatureCache(NoCache):
                 hole_keys = (self.holes + self.kv.sink)[:, None, :, None].expand_as(fresh)
                 if n > 0:  # low similarity first
                     cached = self.kv.v[layer].gather(2, hole_keys)
-                    similarity = F.cosine_similarity(fresh.transpose(1, 2).flatten(2),
-                                                     cached.transpose(1, 2).flatten(2), dim=-1)
+                    similarity = cosine_similarity(fresh.transpose(1, 2).flatten(2), cached.transpose(1, 2).flatten(2))
                     rows = torch.cat([due, self.holes.gather(1, self.policy.pick(layer, similarity, n))], dim=1)
                 if self.fresh_values:  # every response row's fresh V, in attention and next time
                     self.kv.v[layer].scatter_(2, hole_keys, fresh)

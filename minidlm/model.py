@@ -65,13 +65,38 @@ class Trace:
     attention: bool = True                      # False: keep hidden states only (cheaper)
 
 
+_CONSTANTS = {}
+
+
+def constant(value: float, like: torch.Tensor) -> torch.Tensor:
+    """`value` as a 0-dim tensor of like's dtype and device, made once. An operator given a Python
+    number wraps it in a float64 tensor and converts it (four more operator calls every time); the
+    same value reaches the kernel either way, so the result is bitwise the same."""
+    key = (value, like.dtype, like.device)
+    if key not in _CONSTANTS:
+        _CONSTANTS[key] = torch.tensor(value, dtype=like.dtype, device=like.device)
+    return _CONSTANTS[key]
+
+
+def rms_normalise(x, eps: float):
+    """x / sqrt(mean(x^2) + eps) over the last dimension, without a gain. Written as the kernels
+    `x.pow(2).mean(-1) + eps` runs (x * x, a sum, a division by the count) with constants of x's
+    dtype: bitwise the same, in 7 operator calls instead of 17."""
+    if torch.compiler.is_compiling():  # the compiler fuses it anyway
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+    mean_square = (x * x).sum(-1, keepdim=True).div_(constant(x.shape[-1], x))
+    return x * torch.rsqrt(mean_square + constant(eps, x))
+
+
 class RMSNorm(nn.RMSNorm):
-    """Written out as before (bitwise the same; F.rms_norm warns and falls back under bf16 autocast)."""
+    """x / sqrt(mean(x^2) + eps) * gain, written out (`rms_normalise`): the same bits as
+    nn.RMSNorm here in fewer operator calls (F.rms_norm also warns and falls back under bf16
+    autocast)."""
     def __init__(self, dim: int, eps: float = 1e-6):
         super().__init__(dim, eps=eps)
 
     def forward(self, x):
-        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+        return rms_normalise(x, self.eps) * self.weight
 
 
 def rope_angles(positions: torch.Tensor, head_dim: int, base: float):
@@ -81,9 +106,21 @@ def rope_angles(positions: torch.Tensor, head_dim: int, base: float):
     return angles.cos().unsqueeze(1), angles.sin().unsqueeze(1)
 
 
+def rope_tables(cos, sin):
+    """rope_angles' cos, sin widened to (..., head_dim), the form apply_rope uses: each pair's
+    cos twice, and its sin as (-sin, +sin)."""
+    return cos.repeat_interleave(2, dim=-1), torch.stack((-sin, sin), dim=-1).flatten(-2)
+
+
 def apply_rope(x, cos, sin):
-    x1, x2 = x[..., 0::2], x[..., 1::2]
-    return torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2)
+    """Rotate each pair (x1, x2) of x's last dimension: (x1 cos - x2 sin, x1 sin + x2 cos).
+    cos, sin: rope_tables' (..., head_dim), or rope_angles' (..., head_dim/2), widened here.
+    Computed as x * cos + (x2, x1) * (-sin, sin): the same products and sums, so the same bits
+    as the pairwise formula, in about half the operator calls."""
+    if cos.shape[-1] != x.shape[-1]:
+        cos, sin = rope_tables(cos, sin)
+    swapped = x.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)  # (x2, x1) in each pair
+    return x * cos + swapped * sin
 
 
 def causal_bias(tq: int, tk: int, device) -> torch.Tensor:
@@ -114,8 +151,13 @@ class Attention(nn.Module):
     def qkv(self, x, rope):
         """Rotated queries and keys, and values, each (B, H, T, head_dim)."""
         B, T, _ = x.shape
-        q, k, v = self.wqkv(x).view(B, T, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)
-        return apply_rope(self.q_norm(q), *rope), apply_rope(self.k_norm(k), *rope), v
+        qkv = self.wqkv(x).view(B, T, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)
+        qk = qkv[:2]  # queries and keys normed and rotated together: half the operator calls
+        if isinstance(self.q_norm, RMSNorm):  # each with its own gain, as q_norm(q) and k_norm(k)
+            gains = torch.stack((self.q_norm.weight, self.k_norm.weight))[:, None, None, None]
+            qk = rms_normalise(qk, self.q_norm.eps) * gains
+        q, k = apply_rope(qk, *rope)
+        return q, k, qkv[2]
 
     def forward(self, x, rope, mask, cache=None, trace=None):
         q, k, v = self.qkv(x, rope)
@@ -142,7 +184,10 @@ class MLP(nn.Module):
 
     def forward(self, x):
         h = self.up(x)
-        return self.down(F.relu(h).square() if self.relu2 else F.gelu(h))
+        if not self.relu2:
+            return self.down(F.gelu(h))
+        h = F.relu(h)
+        return self.down(h * h)  # the same bits as .square(), without pow's dispatch
 
 
 class Block(nn.Module):
@@ -210,24 +255,32 @@ class DiffusionLM(nn.Module):
             mask = mask + F.pad(bias, (1, 0, s, 0))
         return mask
 
-    def embed_rows(self, idx, positions=None):
-        """Token embeddings (B, T, d) and RoPE angles of content rows at their true positions;
-        with a sink, content positions are shifted by one: the sink sits at RoPE position 0."""
-        B, T = idx.shape
-        if positions is None:
-            positions = torch.arange(T, device=idx.device)
-        positions = positions.expand(B, T) + int(self.cfg.sink)
-        return self.embed(idx), rope_angles(positions, self.cfg.d_model // self.cfg.n_head,
-                                            self.cfg.rope_base)
+    def rope(self, positions):
+        """RoPE's (cos, sin) tables (rope_tables), each (B, 1, T, head_dim), of content rows at
+        positions (B, T); with a sink, content positions are shifted by one: the sink sits at RoPE
+        position 0. A sampler computes them once per call and slices them (`rope=` in forward)."""
+        return rope_tables(*rope_angles(positions + int(self.cfg.sink), self.cfg.d_model // self.cfg.n_head,
+                                        self.cfg.rope_base))
 
-    def forward(self, idx, positions=None, cache=None, attn_bias=None, trace=False):
+    def embed_rows(self, idx, positions=None, rope=None):
+        """Token embeddings (B, T, d) and the RoPE tables of content rows at their true positions
+        (`rope`, when given: already computed)."""
+        B, T = idx.shape
+        if rope is None:
+            if positions is None:
+                positions = torch.arange(T, device=idx.device)
+            rope = self.rope(positions.expand(B, T))
+        return self.embed(idx), rope
+
+    def forward(self, idx, positions=None, cache=None, attn_bias=None, trace=False, rope=None):
         """Logits (B, T, V) for the query rows `idx` (B, T); with trace (True or a Trace to fill),
         (logits, Trace). positions: (B, T) or (T,) true content positions (default 0..T-1).
         cache: None (keys = these rows, plus the sink row) or an object with update(layer, k, v)
         -> (K, V) and num_keys; its K/V include the sink's at index 0.
-        attn_bias: (B|1, H|1, T, Tk) additive logits over content keys."""
+        attn_bias: (B|1, H|1, T, Tk) additive logits over content keys.
+        rope: these rows' RoPE tables, sliced from `self.rope(positions)` (then positions is unused)."""
         B, T = idx.shape
-        x, rope = self.embed_rows(idx, positions)
+        x, rope = self.embed_rows(idx, positions, rope)
         sink_row = self.cfg.sink and cache is None
         if sink_row:  # prepend [SINK] as a query row at RoPE position 0
             x = torch.cat([self.sink_embed.expand(B, 1, -1), x], dim=1)

@@ -112,12 +112,12 @@ def test_sink_variants_partial_forward_against_the_cache_matches_the_full_forwar
 def test_the_sink_takes_rope_position_0_and_content_starts_at_1(T, seed):
     """A rotated [SINK] sits at RoPE position 0 (sink_kv), so content position i is rotated as
     i + 1: no content token shares the sink's position."""
-    from minidlm.model import rope_angles
+    from minidlm.model import rope_angles, rope_tables
     model = tiny_model(sink=True, seed=seed)
     idx = torch.randint(0, VOCAB - 3, (1, T), generator=torch.Generator().manual_seed(seed))
     _, (cos, sin) = model.embed_rows(idx, torch.arange(T))
-    ref_cos, ref_sin = rope_angles(torch.arange(1, T + 1)[None], model.cfg.d_model // model.cfg.n_head,
-                                   model.cfg.rope_base)
+    ref_cos, ref_sin = rope_tables(*rope_angles(torch.arange(1, T + 1)[None], model.cfg.d_model // model.cfg.n_head,
+                                                model.cfg.rope_base))
     assert torch.equal(cos, ref_cos.to(cos.dtype)) and torch.equal(sin, ref_sin.to(sin.dtype))
 
 
