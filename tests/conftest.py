@@ -38,3 +38,13 @@ def tiny_model(sink=False, seed=0, n_layer=2, max_seq_len=64, sink_rotation=True
                 p.uniform_(0.5, 1.5)
     return model
 
+
+class StubTokenizer:
+    """What the probe needs of a tokenizer: ids 0-4 are punctuation, 5 is whitespace."""
+    vocab_size, mask_id = VOCAB, MASK_ID
+
+    def is_punctuation_token(self, i):
+        return i < 5
+
+    def is_whitespace_token(self, i):
+        return i == 5

@@ -9,7 +9,7 @@ import pytest
 import torch
 from hypothesis import example, given, settings, strategies as st
 
-from conftest import MASK_ID, PAD_ID, VOCAB, tiny_model
+from conftest import MASK_ID, PAD_ID, VOCAB, StubTokenizer, tiny_model
 from minidlm.cache import CACHES
 from minidlm.corpus import generate_stories, grammatical_rate, is_grammatical, split_sentences
 from minidlm.cota import CoTA, CoTAConfig, ctev_penalty, lens_entropy
@@ -240,16 +240,6 @@ def test_the_recognizer_refuses_a_grammatical_sentence_followed_by_extra_text(se
 
 
 # ---- the sink probe ----------------------------------------------------------------------------
-
-
-class StubTokenizer:
-    vocab_size, mask_id = VOCAB, MASK_ID
-
-    def is_punctuation_token(self, i):
-        return i < 5
-
-    def is_whitespace_token(self, i):
-        return i == 5
 
 
 SINK_MODELS = {sink: tiny_model(sink=sink, n_layer=2, random_gains=True) for sink in (False, True)}

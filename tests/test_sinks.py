@@ -4,22 +4,11 @@ from types import SimpleNamespace
 import torch
 from hypothesis import given, strategies as st
 
-from conftest import MASK_ID, PAD_ID, VOCAB, tiny_model
+from conftest import MASK_ID, PAD_ID, VOCAB, StubTokenizer, tiny_model
 from minidlm.sampler import SamplerConfig, generate
 from minidlm.sinks import SinkProbe, describe, run_lengths
 
 MODELS = {sink: tiny_model(sink=sink, n_layer=3) for sink in (False, True)}
-
-
-class StubTokenizer:
-    """What the probe needs of a tokenizer: ids 0-4 are punctuation, 5 is whitespace."""
-    vocab_size, mask_id = VOCAB, MASK_ID
-
-    def is_punctuation_token(self, i):
-        return i < 5
-
-    def is_whitespace_token(self, i):
-        return i == 5
 
 
 prompts_strategy = st.lists(st.lists(st.integers(0, VOCAB - 4), min_size=1, max_size=6),
