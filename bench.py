@@ -4,6 +4,7 @@
     python bench.py --quick    # the same at 64 generated tokens, one timed run: under a minute
     python bench.py --train    # training steps of the default train_tiny.py model and recipe
     python bench.py --profile dual --threads 1   # where a dual-cache step spends its time (torch.profiler)
+    python bench.py --compile --threads 1        # torch.compile against eager, fixed and threshold rule
 
 --train prints tokens/s, the FLOPs per token counted from the model config (forward + backward =
 3 x forward; forward = 2 x every weight matrix's size + 4 x T x d per layer for the bidirectional
@@ -135,6 +136,44 @@ def profile_steps(model, tok, stories, device, cache: str, batch: int, gen_lengt
               f"{e.self_cpu_time_total / total:.0%} |")
 
 
+def compile_benchmark(model, prompts_of, mask_id, pad_id, device, gen_length, repeats, threshold):
+    """Eager against torch.compile(model, dynamic=True) (sample.py --compile) for the none, prefix
+    and dual samplers, under the fixed rule and the threshold rule: warm tokens/s of each, the
+    seconds the first compiled call took (compiling included), and how many graphs the compiler
+    built for that sampler (a new shape it cannot cover symbolically is a new graph)."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+    print(f"device {device.type}, threads {torch.get_num_threads()}, {gen_length} generated, block 32, "
+          f"greedy; warm best of {repeats}; compiled = torch.compile(model, dynamic=True)")
+    print("| batch | sampler | rule | eager tok/s | compiled tok/s | compiled / eager | first compiled call s | graphs | same tokens |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    table = []
+    for B in prompts_of:
+        prompts = prompts_of[B]
+        for cache in ["none", "prefix", "dual"]:
+            for rule, th in [("fixed", None), (f"P = {threshold}", threshold)]:
+                cfg = SamplerConfig(gen_length=gen_length, steps=gen_length, block_length=32, cache=cache,
+                                    threshold=th)
+                torch._dynamo.reset()
+                counters.clear()
+                compiled = torch.compile(model, dynamic=True)
+                eager = lambda: generate(model, prompts, mask_id, pad_id, cfg)
+                fast = lambda: generate(compiled, prompts, mask_id, pad_id, cfg)
+                eager()
+                out_e, t_e = best_of(eager, device, repeats)
+                _, first = timed(device, fast)
+                out_c, t_c = best_of(fast, device, repeats)
+                graphs = int(counters["stats"]["unique_graphs"])
+                row = {"batch": B, "sampler": cache, "rule": rule, "eager_tok_s": B * gen_length / t_e,
+                       "compiled_tok_s": B * gen_length / t_c, "ratio": t_e / t_c, "first_call_s": first,
+                       "graphs": graphs, "same_tokens": bool((out_e == out_c).all())}
+                table.append(row)
+                print(f"| {B} | {cache} | {rule} | {row['eager_tok_s']:,.0f} | {row['compiled_tok_s']:,.0f} | "
+                      f"{row['ratio']:.2f}x | {first:.1f} | {graphs} | {'yes' if row['same_tokens'] else 'NO'} |", flush=True)
+    torch._dynamo.reset()
+    return table
+
+
 def build_parser():
     p = ArgumentParser(description="Benchmark the sampler's caches or training (prints ratios, not a test).")
     p.add_argument("--checkpoint", default="checkpoints/tiny.pt")
@@ -149,12 +188,19 @@ def build_parser():
     p.add_argument("--train", action="store_true", help="benchmark training steps instead of sampling")
     p.add_argument("--profile", default=None, choices=["none", "prefix", "dual", "feature"],
                    help="instead: torch.profiler's operators per step of this cache, at each --batch-sizes")
+    p.add_argument("--compile", action="store_true",
+                   help="instead: torch.compile against eager for none/prefix/dual, fixed and threshold rule")
+    p.add_argument("--threshold", type=number(float, 0.0, 1.0), default=0.9,
+                   help="--compile: the threshold rule's P (default 0.9)")
     p.add_argument("--seconds", type=number(float, 0.1, 3600), default=10.0, help="--train: seconds of timed steps")
     return p
 
 
 def main():
     args = build_parser().parse_args()
+    modes = [flag for flag, on in [("--train", args.train), ("--profile", args.profile), ("--compile", args.compile)] if on]
+    if len(modes) > 1:
+        die(f"{' and '.join(modes)} are separate benchmarks: run one at a time")
     preflight(outputs={"--json": args.json}, inputs={} if args.train else {"--checkpoint": args.checkpoint})
     try:
         device = pick_device(args.device)
@@ -182,6 +228,12 @@ def main():
     if args.profile:
         for B in args.batch_sizes:
             profile_steps(model, tok, stories, device, args.profile, B, gen_length)
+        return
+    if args.compile:
+        table = compile_benchmark(model, {B: stories[:B] for B in args.batch_sizes}, tok.mask_id, tok.eot_id,
+                                  device, gen_length, repeats, args.threshold)
+        if args.json:
+            write_json(args.json, table)
         return
     rows = {
         "uncached": dict(cache="none"),

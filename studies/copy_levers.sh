@@ -4,6 +4,8 @@
 #   bash studies/copy_levers.sh names1 vocab2048 both       # the data lever, the tokenizer lever, both (seed 0)
 #   SEEDS="0 1" bash studies/copy_levers.sh names1          # the same over seeds 0 and 1
 #   bash studies/copy_levers.sh lr2x wide                   # 2x both learning rates; 4 wide layers
+#   bash studies/copy_levers.sh heads seq512                # 8 heads of 16; windows of 512 x 4
+#   bash studies/copy_levers.sh long                        # the recipe 10x longer (~65 min a seed)
 #   bash studies/copy_levers.sh compare                     # every run above, the shipped models and the
 #                                                           # seeds of the default recipe, through copy_study.py
 #
@@ -15,7 +17,7 @@
 if [ -z "${BASH_VERSION:-}" ]; then echo "error: run it with bash: bash studies/copy_levers.sh LEVER..." >&2; exit 2; fi
 set -euo pipefail
 cd "$(dirname "$0")/.."
-LEVERS=" names1 vocab2048 both lr2x wide compare "
+LEVERS=" names1 vocab2048 both lr2x wide heads seq512 long compare "
 SEEDS=${SEEDS:-0}
 [ $# -gt 0 ] || { echo "usage: bash studies/copy_levers.sh LEVER... (from:$LEVERS)" >&2; exit 2; }
 for lever in "$@"; do
@@ -39,9 +41,12 @@ for lever in "$@"; do
     both) train both --name-share 1.0 --vocab-size 2048 ;;
     lr2x) train lr2x --lr 0.012 --muon-lr 0.08 ;;
     wide) train wide --n-layer 4 --d-model 184 ;;  # 4 x 184^2 ~ 8 x 128^2: the same FLOPs per token
+    heads) train heads --n-head 8 ;;               # 8 heads of 16 dimensions instead of 4 of 32
+    seq512) train seq512 --seq-len 512 --batch-size 4 ;;  # the same 2,048 tokens a step, in longer windows
+    long) train long --steps 10000 --copy-every 500 ;;  # 10x the recipe: 20 M tokens, its cosine stretched
     compare)
       arms=()
-      for name in names1 vocab2048 both lr2x wide; do
+      for name in names1 vocab2048 both lr2x wide heads seq512 long; do
         runs=$(ls runs/copy/$name-*.pt 2>/dev/null | grep -v state | paste -sd, -) || true
         [ -n "$runs" ] && arms+=(--arm "$name=$runs")
       done

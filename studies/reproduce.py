@@ -4,6 +4,8 @@
     python -m studies.reproduce --quick     # the classroom version, a few minutes -> studies/results/quick/REPORT.md
     python -m studies.reproduce --retrain   # first retrain the shipped models with their recorded commands
     python -m studies.reproduce --seeds     # also retrain the 3-seed runs: sink comparison, Repeat Curse (~2 h)
+    python -m studies.reproduce --only "Sampler benchmark"   # rerun the stages with this in their title
+                                            # and replace just their sections of the existing report
 
 Each stage is one of the repo's own commands, run as a subprocess exactly as printed in the
 report, so any table can be rerun alone. Their progress goes to the terminal; their stdout (the
@@ -266,13 +268,47 @@ def build_parser():
                    help="first retrain the shipped checkpoints with their recorded commands (about an hour)")
     p.add_argument("--seeds", action="store_true",
                    help="retrain the nine 3-seed runs and remeasure the sink comparison, the Repeat Curse and infilling over them (about 2 hours)")
+    p.add_argument("--only", nargs="+", metavar="TITLE",
+                   help="rerun only the stages whose title contains one of these (case does not matter) and "
+                        "replace their sections in the existing report, keeping the others")
     return p
+
+
+def split_report(text):
+    """A report's header and its sections: (header, [(title, whole section text)])."""
+    header, *parts = text.split("\n## ")
+    return header, [(part.split("\n", 1)[0], "## " + part.rstrip("\n")) for part in parts]
+
+
+def splice_report(path, log, started):
+    """Replace the sections of `path` whose titles the log has rerun; a stage the report did not
+    have yet is appended. The header says which sections were rerun alone, and how."""
+    with open(path) as f:
+        header, sections = split_report(f.read())
+    tmp = path + ".new"
+    write_report(tmp, log, started)
+    with open(tmp) as f:
+        new_header, new_sections = split_report(f.read())
+    os.remove(tmp)
+    fresh = dict(new_sections)
+    kept = [(title, fresh.pop(title, text)) for title, text in sections]
+    note = new_header.strip().splitlines()[-1].replace("Written by", "Sections rerun alone by", 1)
+    note = note.split(" Every table")[0] + ": " + "; ".join(f"'{t}'" for t, _ in new_sections) + "."
+    text = header.rstrip("\n") + "\n\n" + note + "\n\n" + "\n\n".join(t for _, t in kept + list(fresh.items())) + "\n"
+    with open(path + ".tmp", "w") as f:
+        f.write(text)
+    os.replace(path + ".tmp", path)
 
 
 def main():
     args = build_parser().parse_args()
     out = "studies/results/quick" if args.quick else "studies/results"
     preflight(outputs=[os.path.join(out, "REPORT.md")], folders=[out if args.quick else "docs"])
+    report = "studies/results/quick/REPORT.md" if args.quick else "studies/results/REPORT.md"
+    if args.only and (args.retrain or args.seeds):
+        die("--only reruns stages of an existing report: run --retrain or --seeds without it")
+    if args.only and not os.path.exists(report):
+        die(f"--only replaces sections of {report}, which does not exist yet: run the whole report first")
     for path in SHIPPED:
         if not os.path.exists(path) and not args.retrain:
             die(f"{path} is missing: restore it with git checkout, or pass --retrain")
@@ -288,16 +324,21 @@ def main():
         retrain(SHIPPED, log)
     if args.seeds:
         seed_runs(log)
-    log.append(("The shipped models", "recorded in the checkpoints by train_tiny.py", 0.0,
-                "Their training, as each checkpoint records it (2 CPU cores), and their validation "
-                f"NELBO measured now ({8 if args.quick else 32} windows x {2 if args.quick else 16} "
-                "samples; grammatical rate: at training).\n\n"
-                + shipped_models_table(*((8, 2) if args.quick else (32, 16)))))
+    wanted = lambda title: not args.only or any(word.lower() in title.lower() for word in args.only)
+    if wanted("The shipped models"):
+        log.append(("The shipped models", "recorded in the checkpoints by train_tiny.py", 0.0,
+                    "Their training, as each checkpoint records it (2 CPU cores), and their validation "
+                    f"NELBO measured now ({8 if args.quick else 32} windows x {2 if args.quick else 16} "
+                    "samples; grammatical rate: at training).\n\n"
+                    + shipped_models_table(*((8, 2) if args.quick else (32, 16)))))
     plan = stages(args.quick, figures)
+    plan = [stage for stage in plan if wanted(stage[0])]
+    if not plan and not log:
+        die(f"no stage's title contains {' or '.join(map(repr, args.only))}: the titles are the report's "
+            f"## headings ('The shipped models', {', '.join(repr(t) for t, _, _ in stages(args.quick, figures))})")
     for i, (title, command, what) in enumerate(plan, 1):
         run_stage(i, len(plan), title, command, log, what)
-    report = "studies/results/quick/REPORT.md" if args.quick else "studies/results/REPORT.md"
-    write_report(report, log, started)
+    (splice_report if args.only else write_report)(report, log, started)
     print(f"wrote {report} in {(time.time() - started) / 60:.1f} min", file=sys.stderr)
 
 

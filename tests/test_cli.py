@@ -291,6 +291,26 @@ def test_reproduce_rejects_bad_flags_in_one_line(script_run):
     assert_clean_error(script_run("studies/reproduce.py", "--fast"), "unrecognized arguments")
 
 
+def test_reproduce_only_replaces_just_the_rerun_sections_and_keeps_the_order(tmp_path):
+    """--only: the sections rerun take the place of their old text, the others stay byte for byte,
+    a stage the report lacked comes last, and the header says what was rerun."""
+    from studies import reproduce
+    path = tmp_path / "REPORT.md"
+    path.write_text("# report\n\nWritten by `x`. Every table below is the stdout of the command shown above it.\n\n"
+                    "## A\n\n`python a`\n\nold a\n\n## B\n\n`python b`\n\nold b | table\n")
+    log = [("B", "python b --new", 3.0, "new b"), ("C", "python c", 1.0, "new c")]
+    reproduce.splice_report(str(path), log, 0.0)
+    header, sections = reproduce.split_report(path.read_text())
+    assert [t for t, _ in sections] == ["A", "B", "C"]
+    assert sections[0][1] == "## A\n\n`python a`\n\nold a"
+    assert "new b" in sections[1][1] and "old b" not in sections[1][1] and "python b --new" in sections[1][1]
+    assert "Sections rerun alone by" in header and "'B'; 'C'" in header and "Written by `x`" in header
+
+
+def test_reproduce_only_refuses_a_title_no_stage_has(script_run):
+    assert_clean_error(script_run("studies/reproduce.py", "--only", "no such stage"), "no stage's title")
+
+
 @pytest.mark.slow
 def test_retrain_reruns_the_recorded_command_and_swaps_the_result_in(tmp_path, monkeypatch):
     """reproduce.py --retrain: train into runs/retrain/, then replace the checkpoint, keeping the
