@@ -30,7 +30,7 @@ import time
 import torch
 
 from minidlm.checkpoint import CheckpointError, load_model
-from minidlm.cli import (ArgumentParser, die, number, pick_device, positive_int, run_main,
+from minidlm.cli import (ArgumentParser, die, number, device_or_die, positive_int, run_main,
                          synchronize, timed)
 from minidlm.files import preflight, write_json
 from minidlm.data import load_documents
@@ -202,12 +202,7 @@ def main():
     if len(modes) > 1:
         die(f"{' and '.join(modes)} are separate benchmarks: run one at a time")
     preflight(outputs={"--json": args.json}, inputs={} if args.train else {"--checkpoint": args.checkpoint})
-    try:
-        device = pick_device(args.device)
-    except ValueError as e:
-        die(str(e))
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    device = device_or_die(args.device, args.threads)
     if args.train:
         return train_benchmark(device, args.seconds, args.json)
     try:

@@ -50,7 +50,7 @@ from functools import partial
 import torch
 
 from minidlm.checkpoint import CheckpointError, atomic_save, read, save_model, state_path
-from minidlm.cli import (SEED, ArgumentParser, GracefulStop, die, given_options, number, pick_device,
+from minidlm.cli import (SEED, ArgumentParser, GracefulStop, die, given_options, number, device_or_die,
                          positive_int, run_main)
 from minidlm.files import check_readable_file, preflight, same_file
 from minidlm.copy_probe import make_cases, training_curve_point as copy_curve_point
@@ -550,12 +550,7 @@ def main():
     args = parse_args()
     ranks = Ranks()  # one process, or one of several under torchrun (minidlm/distributed.py)
     say = partial(print, file=sys.stderr) if ranks.main else (lambda *a, **k: None)
-    try:
-        device = ranks.device(pick_device(args.device))
-    except ValueError as e:
-        die(str(e))
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    device = ranks.device(device_or_die(args.device, args.threads))
     if args.batch_size % ranks.world:
         die(f"--batch-size {args.batch_size} is the global batch: it must split evenly over "
             f"{ranks.world} processes")

@@ -90,6 +90,19 @@ def pick_device(name: str) -> torch.device:
         raise ValueError(f"unknown device {name!r} (use auto, cpu, cuda or mps)") from None
 
 
+def device_or_die(name: str, threads=None):
+    """The scripts' --device and --threads: pick_device, or its one-line error and exit code 2;
+    then torch's CPU threads, when given."""
+    import torch
+    try:
+        device = pick_device(name)
+    except ValueError as e:
+        die(str(e))
+    if threads:
+        torch.set_num_threads(threads)
+    return device
+
+
 def number(kind=float, lo=None, hi=None, lo_open=False, hi_open=False):
     """An argparse `type` for a finite int or float within [lo, hi] (or open ends): nan, inf and
     out-of-range values are refused with one line (and exit code 2) by ArgumentParser."""

@@ -47,7 +47,7 @@ import torch
 
 from minidlm.autoregressive import ar_generate, ar_generate_uncached
 from minidlm.checkpoint import load_model, read
-from minidlm.cli import (ArgumentParser, cell, die, number, pick_device, pyplot, require_plot_extra, run_main,
+from minidlm.cli import (ArgumentParser, cell, die, number, device_or_die, pyplot, require_plot_extra, run_main,
                          save_figure, timed)
 from minidlm.data import load_documents
 from minidlm.evaluate import held_out_prompts, sample_grammatical_rate
@@ -296,12 +296,7 @@ def main():
     preflight(outputs={"--json": args.json}, folders={"--plot": (args.plot, ["ar_vs_diffusion.png"]) if figure else None})
     if figure:
         require_plot_extra()
-    try:
-        device = pick_device(args.device)
-    except ValueError as e:
-        die(str(e))
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    device = device_or_die(args.device, args.threads)
     os.makedirs(args.runs, exist_ok=True)
     if "pydoc" in arms and not os.path.exists(pydoc_path(args)):
         text = pydoc_text()

@@ -28,7 +28,7 @@ import statistics
 import sys
 
 from minidlm.checkpoint import CheckpointError, load_model
-from minidlm.cli import (ArgumentParser, cell, die, number, parse_arms, pick_device, pyplot, require_plot_extra,
+from minidlm.cli import (ArgumentParser, cell, die, number, parse_arms, device_or_die, pyplot, require_plot_extra,
                          run_main, save_figure)
 from minidlm.copy_probe import MENTIONS, copy_probe, repeat_stats
 from minidlm.corpus import NAME_SHARE, generate_stories
@@ -87,10 +87,7 @@ def load_arms(args, arms, device) -> dict:
 
 
 def measure(args, arms):
-    try:
-        device = pick_device(args.device)
-    except ValueError as e:
-        die(str(e))
+    device = device_or_die(args.device)
     loaded = load_arms(args, arms, device)
     first_tok = next(iter(loaded.values()))[0][1][1]  # the corpus, counted in the first model's tokens
     stats = {str(share): repeat_stats(first_tok, generate_stories(5000, 0, share)) for share in SHARES}

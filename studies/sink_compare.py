@@ -33,7 +33,7 @@ import sys
 import torch
 
 from minidlm.checkpoint import CheckpointError, load_model
-from minidlm.cli import (ArgumentParser, cell, die, number, parse_arms, pick_device, pyplot, require_plot_extra,
+from minidlm.cli import (ArgumentParser, cell, die, number, parse_arms, device_or_die, pyplot, require_plot_extra,
                          run_main, save_figure)
 from minidlm.files import numbered, preflight, write_json
 from minidlm.corpus import CorpusError
@@ -221,10 +221,7 @@ def check_arms(args, arms, val_docs, device):
 
 def measure_arms(args, arms):
     """Measure every checkpoint of every arm; one aggregated row per arm."""
-    try:
-        device = pick_device(args.device)
-    except ValueError as e:
-        die(str(e))
+    device = device_or_die(args.device)
     try:
         _, val_docs = load_documents(args.data)
     except CorpusError as e:

@@ -287,6 +287,12 @@ def test_ctar_runs_with_the_feature_cache_and_says_when_it_has_nothing_to_repair
     assert r.returncode == 0 and "changes nothing here" in r.stderr, r.stderr
 
 
+@pytest.mark.parametrize("script", ["train_tiny.py", "bench.py", "studies/ar_compare.py", "studies/copy_study.py",
+                                    "studies/sink_compare.py"])
+def test_every_script_refuses_a_device_it_cannot_have_in_one_line(script, script_run):
+    assert_clean_error(script_run(script, "--device", "quantum"), "unknown device")
+
+
 def test_reproduce_rejects_bad_flags_in_one_line(script_run):
     assert_clean_error(script_run("studies/reproduce.py", "--fast"), "unrecognized arguments")
 
