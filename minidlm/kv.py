@@ -38,13 +38,15 @@ class KVBuffer:
     def __init__(self, model, batch: int, length: int, dtype, device):
         cfg = model.cfg
         self.sink = int(cfg.sink)
-        shape = (cfg.n_layer, batch, cfg.n_head, self.sink + length, cfg.d_model // cfg.n_head)
-        self.k = torch.zeros(shape, dtype=dtype, device=device)
-        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        shape = (batch, cfg.n_head, self.sink + length, cfg.d_model // cfg.n_head)
+        # one tensor per layer, not one for all: torch.compile then writes a layer's rows in place
+        # (a write into a view of one shared tensor made it copy the whole cache at every step)
+        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(cfg.n_layer)]
+        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(cfg.n_layer)]
         if self.sink:  # the sink's K/V are the same for every input and step: computed once
             for layer, (k, v) in enumerate(sink_kv(model)):
-                self.k[layer, :, :, :1] = k
-                self.v[layer, :, :, :1] = v
+                self.k[layer][:, :, :1] = k
+                self.v[layer][:, :, :1] = v
         self.num_keys = self.sink + length
 
     def writer(self, span=None, rows=None, keep=None, upto_span=False):

@@ -162,6 +162,7 @@ def curve_table(rows) -> str:
 
 def plot_curves(rows, folder) -> str:
     plt = pyplot()
+    from matplotlib.ticker import FuncFormatter
     os.makedirs(folder, exist_ok=True)
     fig, axes = plt.subplots(1, 4, figsize=(17, 3.8))
     panels = [("tokens", 1e6, "first_recovered", "training tokens (millions)", "recovered % at its first mention"),
@@ -179,8 +180,11 @@ def plot_curves(rows, folder) -> str:
             if row["curve"] and y in row["curve"][0]:  # thick: the mean over seeds
                 ax.plot([p[x] / scale for p in row["curve"]], [unit * p[y] for p in row["curve"]], color=f"C{i}",
                         lw=2, label=f"{row['arm']} ({len(curves)} seed{'s' if len(curves) > 1 else ''})")
-    for ax, (_, _, y, xlabel, title) in zip(axes, panels):
-        ax.set_xlabel(xlabel)
+    for ax, (x, _, y, xlabel, title) in zip(axes, panels):
+        # a log axis (linear near 0, where step 0 sits) keeps a 1,000-step run readable beside a long one
+        ax.set_xscale("symlog", linthresh=0.1 if x == "tokens" else 1.0, linscale=0.5)
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.set_xlabel(xlabel + ", log scale")
         ax.set_title(title, fontsize=10)
         if y.endswith("margin"):
             ax.axhline(0, color="grey", lw=0.8, ls=":")
