@@ -136,14 +136,14 @@ def profile_steps(model, tok, stories, device, cache: str, batch: int, gen_lengt
               f"{e.self_cpu_time_total / total:.0%} |")
 
 
-def compile_benchmark(model, prompts_of, mask_id, pad_id, device, gen_length, repeats, threshold):
+def compile_benchmark(model, prompts_of, mask_id, pad_id, device, prompt_length, gen_length, repeats, threshold):
     """Eager against torch.compile(model, dynamic=True) (sample.py --compile) for the none, prefix
     and dual samplers, under the fixed rule and the threshold rule: warm tokens/s of each, the
     seconds the first compiled call took (compiling included), and how many graphs the compiler
     built for that sampler (a new shape it cannot cover symbolically is a new graph)."""
     import torch._dynamo
     from torch._dynamo.utils import counters
-    print(f"device {device.type}, threads {torch.get_num_threads()}, {gen_length} generated, block 32, "
+    print(f"device {device.type}, threads {torch.get_num_threads()}, prompt {prompt_length} + {gen_length} generated, block 32, "
           f"greedy; warm best of {repeats}; compiled = torch.compile(model, dynamic=True)")
     print("| batch | sampler | rule | eager tok/s | compiled tok/s | compiled / eager | first compiled call s | graphs | same tokens |")
     print("|---|---|---|---|---|---|---|---|---|")
@@ -190,8 +190,8 @@ def build_parser():
                    help="instead: torch.profiler's operators per step of this cache, at each --batch-sizes")
     p.add_argument("--compile", action="store_true",
                    help="instead: torch.compile against eager for none/prefix/dual, fixed and threshold rule")
-    p.add_argument("--threshold", type=number(float, 0.0, 1.0), default=0.9,
-                   help="--compile: the threshold rule's P (default 0.9)")
+    p.add_argument("--threshold", type=number(float, 0, 1, lo_open=True), default=None,
+                   help="with --compile: the threshold rule's P (default 0.9)")
     p.add_argument("--seconds", type=number(float, 0.1, 3600), default=10.0, help="--train: seconds of timed steps")
     return p
 
@@ -201,6 +201,9 @@ def main():
     modes = [flag for flag, on in [("--train", args.train), ("--profile", args.profile), ("--compile", args.compile)] if on]
     if len(modes) > 1:
         die(f"{' and '.join(modes)} are separate benchmarks: run one at a time")
+    if args.threshold is not None and not args.compile:
+        die("--threshold is --compile's threshold rule; the caches' table runs the fixed schedule "
+            "(python -m studies.frontier measures thresholds)")
     preflight(outputs={"--json": args.json}, inputs={} if args.train else {"--checkpoint": args.checkpoint})
     device = device_or_die(args.device, args.threads)
     if args.train:
@@ -226,7 +229,7 @@ def main():
         return
     if args.compile:
         table = compile_benchmark(model, {B: stories[:B] for B in args.batch_sizes}, tok.mask_id, tok.eot_id,
-                                  device, gen_length, repeats, args.threshold)
+                                  device, args.prompt_length, gen_length, repeats, args.threshold or 0.9)
         if args.json:
             write_json(args.json, table)
         return

@@ -1,7 +1,7 @@
 """The K/V store every cache writes into through the model's seam (`cache=` in model.forward).
 
-One preallocated buffer per generate call holds, for every layer, the keys and values of
-[sink?; every canvas position]. A forward over some query rows hands their fresh K/V to
+One preallocated buffer per generate call holds the keys and values of [sink?; every canvas
+position], one (B, H, sink + L, head_dim) tensor per layer. A forward over some query rows hands their fresh K/V to
 `update` and attends over the whole buffer it returns: the rows just written plus every other
 row's K/V as they were last computed (the approximation a cache makes). The sink's K/V never
 change (its row sees only itself), so they are written once. A slice copy for a span of columns

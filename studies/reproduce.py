@@ -24,6 +24,7 @@ quiet_early_ctrl_c(__name__)  # before the heavy imports: a Ctrl-C while torch l
 import math
 import os
 import platform
+import re
 import shlex
 import subprocess
 import sys
@@ -242,22 +243,34 @@ def shipped_models_table(windows_n=32, n_mc=16):
     return "\n".join(lines)
 
 
-def write_report(path, log, started):
-    lines = ["# minidlm reproduction report", "",
-             f"Written by `python {' '.join(['-m studies.reproduce'] + sys.argv[1:])}` in "
-             f"{(time.time() - started) / 60:.1f} min on {platform.machine()} "
-             f"({os.cpu_count()} cores), Python {platform.python_version()}, torch {torch.__version__}, "
-             f"{torch.get_num_threads()} threads. Every table below is the stdout of the command "
-             f"shown above it.", ""]
+def how_run(started) -> str:
+    """This run's command (quoted as typed), how long it took, and on what."""
+    return (f"`python -m studies.reproduce{' ' if sys.argv[1:] else ''}{shlex.join(sys.argv[1:])}` in "
+            f"{(time.time() - started) / 60:.1f} min on {platform.machine()} ({os.cpu_count()} cores), "
+            f"Python {platform.python_version()}, torch {torch.__version__}, {torch.get_num_threads()} threads")
+
+
+def render_sections(path, log) -> list:
+    """The log as report sections, (title, text), figure links relative to the report at `path`."""
+    up = os.path.relpath(".", os.path.dirname(path))  # the repo root, seen from the report
+    sections = []
     for title, shown, seconds, stdout in log:
         where = f"`{shown}` ({seconds:.0f} s)" if shown.startswith("python") else shown
-        up = os.path.relpath(".", os.path.dirname(path))  # the repo root, seen from the report
-        lines += [f"## {title}", "", where, "", stdout.replace("{REPORT_DIR}/", up + "/"), ""]
+        sections.append((title, f"## {title}\n\n{where}\n\n{stdout.replace('{REPORT_DIR}/', up + '/')}"))
+    return sections
+
+
+def write_text(path, text):
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write("\n".join(lines))
-    os.replace(tmp, path)
+    with open(path + ".tmp", "w") as f:
+        f.write(text)
+    os.replace(path + ".tmp", path)  # a Ctrl-C leaves the old report whole
+
+
+def write_report(path, log, started):
+    header = (f"# minidlm reproduction report\n\nWritten by {how_run(started)}. Every table below is the "
+              f"stdout of the command shown above it.")
+    write_text(path, "\n\n".join([header] + [text for _, text in render_sections(path, log)]) + "\n")
 
 
 def build_parser():
@@ -275,40 +288,38 @@ def build_parser():
 
 
 def split_report(text):
-    """A report's header and its sections: (header, [(title, whole section text)])."""
-    header, *parts = text.split("\n## ")
-    return header, [(part.split("\n", 1)[0], "## " + part.rstrip("\n")) for part in parts]
+    """A report's header and its sections: (header, [(title, whole section text)]). A section
+    starts at a line beginning with "## " (the tables inside use none)."""
+    header, *parts = re.split(r"(?m)^## ", text)
+    return header.rstrip("\n"), [(part.split("\n", 1)[0], "## " + part.rstrip("\n")) for part in parts]
 
 
 def splice_report(path, log, started):
-    """Replace the sections of `path` whose titles the log has rerun; a stage the report did not
-    have yet is appended. The header says which sections were rerun alone, and how."""
+    """--only: replace the sections of the report at `path` whose titles the log has rerun, in
+    place; a stage the report did not have yet goes last. Each such run adds one line to the
+    header saying which sections it rerun, and how."""
     with open(path) as f:
         header, sections = split_report(f.read())
-    tmp = path + ".new"
-    write_report(tmp, log, started)
-    with open(tmp) as f:
-        new_header, new_sections = split_report(f.read())
-    os.remove(tmp)
-    fresh = dict(new_sections)
+    fresh = dict(render_sections(path, log))
+    note = f"Sections rerun alone by {how_run(started)}: " + "; ".join(f"'{t}'" for t in fresh) + "."
     kept = [(title, fresh.pop(title, text)) for title, text in sections]
-    note = new_header.strip().splitlines()[-1].replace("Written by", "Sections rerun alone by", 1)
-    note = note.split(" Every table")[0] + ": " + "; ".join(f"'{t}'" for t, _ in new_sections) + "."
-    text = header.rstrip("\n") + "\n\n" + note + "\n\n" + "\n\n".join(t for _, t in kept + list(fresh.items())) + "\n"
-    with open(path + ".tmp", "w") as f:
-        f.write(text)
-    os.replace(path + ".tmp", path)
+    write_text(path, "\n\n".join([header, note] + [text for _, text in kept + list(fresh.items())]) + "\n")
 
 
 def main():
     args = build_parser().parse_args()
     out = "studies/results/quick" if args.quick else "studies/results"
-    preflight(outputs=[os.path.join(out, "REPORT.md")], folders=[out if args.quick else "docs"])
-    report = "studies/results/quick/REPORT.md" if args.quick else "studies/results/REPORT.md"
+    report = os.path.join(out, "REPORT.md")
+    preflight(outputs=[report], folders=[out if args.quick else "docs"])
     if args.only and (args.retrain or args.seeds):
         die("--only reruns stages of an existing report: run --retrain or --seeds without it")
     if args.only and not os.path.exists(report):
         die(f"--only replaces sections of {report}, which does not exist yet: run the whole report first")
+    titles = ["The shipped models"] + [title for title, _, _ in stages(args.quick, False)]
+    for word in args.only or []:
+        if not any(word.lower() in title.lower() for title in titles):
+            die(f"no stage's title contains {word!r}: the titles are the report's ## headings "
+                f"({'; '.join(title.split(' (')[0] for title in titles)})")
     for path in SHIPPED:
         if not os.path.exists(path) and not args.retrain:
             die(f"{path} is missing: restore it with git checkout, or pass --retrain")
@@ -333,9 +344,6 @@ def main():
                     + shipped_models_table(*((8, 2) if args.quick else (32, 16)))))
     plan = stages(args.quick, figures)
     plan = [stage for stage in plan if wanted(stage[0])]
-    if not plan and not log:
-        die(f"no stage's title contains {' or '.join(map(repr, args.only))}: the titles are the report's "
-            f"## headings ('The shipped models', {', '.join(repr(t) for t, _, _ in stages(args.quick, figures))})")
     for i, (title, command, what) in enumerate(plan, 1):
         run_stage(i, len(plan), title, command, log, what)
     (splice_report if args.only else write_report)(report, log, started)

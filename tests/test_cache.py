@@ -129,13 +129,14 @@ def test_ctar_repairs_exactly_the_neighbourhood_of_a_new_commit_in_the_deep_band
 @pytest.mark.slow  # compiling takes most of a minute on a 2-core CPU
 def test_compiled_forward_gives_the_same_tokens():
     """--compile (torch.compile of the model forward) on the CPU: identical greedy tokens. The
-    dual cache runs both compiled paths: full forwards at block starts, cached ones in between; the
-    threshold rule reuses the same compiled graphs."""
-    compiled = torch.compile(MODELS[False], dynamic=True)
-    for threshold in [None, 0.3]:
-        kw = dict(gen_length=8, block_length=4, steps=4, cache="dual", threshold=threshold)
-        compiled_out = run([[1, 2, 3], [4]], False, model=compiled, **kw)[0]
-        assert torch.equal(compiled_out, run([[1, 2, 3], [4]], False, **kw)[0]), threshold
+    dual cache runs both compiled paths: full forwards at block starts, cached ones in between;
+    also under the threshold rule, and with the [SINK], whose K/V the cache writes once."""
+    for sink in [False, True]:
+        compiled = torch.compile(MODELS[sink], dynamic=True)
+        for threshold in [None, 0.3]:
+            kw = dict(gen_length=8, block_length=4, steps=4, cache="dual", threshold=threshold)
+            compiled_out = run([[1, 2, 3], [4]], sink, model=compiled, **kw)[0]
+            assert torch.equal(compiled_out, run([[1, 2, 3], [4]], sink, **kw)[0]), (sink, threshold)
 
 
 @given(prompts=prompts_strategy, sink=st.booleans(),

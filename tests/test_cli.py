@@ -310,11 +310,13 @@ def test_reproduce_only_replaces_just_the_rerun_sections_and_keeps_the_order(tmp
     assert [t for t, _ in sections] == ["A", "B", "C"]
     assert sections[0][1] == "## A\n\n`python a`\n\nold a"
     assert "new b" in sections[1][1] and "old b" not in sections[1][1] and "python b --new" in sections[1][1]
-    assert "Sections rerun alone by" in header and "'B'; 'C'" in header and "Written by `x`" in header
+    assert "Sections rerun alone by" in header and "'B'; 'C'." in header and "Written by `x`" in header
+    assert path.read_text().endswith("new c\n")
 
 
-def test_reproduce_only_refuses_a_title_no_stage_has(script_run):
-    assert_clean_error(script_run("studies/reproduce.py", "--only", "no such stage"), "no stage's title")
+@pytest.mark.parametrize("words", [["no such stage"], ["Sampler benchmark", "Infiling"]])
+def test_reproduce_only_refuses_a_title_no_stage_has(words, script_run):
+    assert_clean_error(script_run("studies/reproduce.py", "--only", *words), "no stage's title")
 
 
 @pytest.mark.slow
