@@ -43,7 +43,9 @@ for lever in "$@"; do
     wide) train wide --n-layer 4 --d-model 184 ;;  # 4 x 184^2 ~ 8 x 128^2: the same FLOPs per token
     heads) train heads --n-head 8 ;;               # 8 heads of 16 dimensions instead of 4 of 32
     seq512) train seq512 --seq-len 512 --batch-size 4 ;;  # the same 2,048 tokens a step, in longer windows
-    long) train long --steps 10000 --copy-every 500 ;;  # 10x the recipe: 20 M tokens, its cosine stretched
+                                                    # (its probe also keeps stories of 257-512 tokens)
+    long) train long --steps 10000 --copy-every 500 ;;  # 10x the recipe: 20 M tokens, its cosine stretched;
+                                                    # the later --copy-every wins: a point every 500 steps
     compare)
       arms=()
       for name in names1 vocab2048 both lr2x wide heads seq512 long; do
