@@ -129,7 +129,9 @@ def build_parser():
     p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default %(default)s)")
     p.add_argument("--compile", action="store_true",
-                   help="torch.compile the model forward (none/prefix/dual; worth it on CUDA)")
+                   help="torch.compile the model forward (none/prefix/dual): the same tokens, faster steps, "
+                        "but the first call compiles for tens of seconds, so it pays only over many "
+                        "samples in one process (python bench.py --compile measures it)")
     p.add_argument("--sinks", action="store_true",
                    help="probe attention sinks while sampling: print where the top sink sits at "
                         "each step and layer, and the summary (stderr)")

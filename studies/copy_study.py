@@ -50,6 +50,8 @@ def build_parser():
     p.add_argument("--json", default=None, help="also write the rows here")
     p.add_argument("--from-json", default=None, metavar="PATH", help="print (and plot) rows saved with --json")
     p.add_argument("--plot", default=None, metavar="DIR", help="write copy_curve.png here (plot extra)")
+    p.add_argument("--per-seed", action="store_true",
+                   help="print each seed's copy curve instead of the mean over an arm's seeds")
     p.add_argument("--device", default="auto")
     return p
 
@@ -141,15 +143,16 @@ def probe_table(saved) -> str:
     return "\n".join(lines)
 
 
-def curve_table(rows) -> str:
-    """Per arm, the mean curve at (at most) 8 evenly spread logged steps, and its last point."""
+def curve_table(rows, every_point=False) -> str:
+    """Per arm, the mean curve at (at most) 8 evenly spread logged steps and its last point, or
+    at every logged step."""
     fmt = lambda p, k: f"{p[k]:.2f}" if k in p else "-"  # curves rebuilt from a log lack the margin
     lines = ["| arm | step | tokens (M) | minutes | first: recovered % | later: recovered % | first: p right % | "
              "first: p best wrong % | margin nats, first / later |",
              "|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         curve = row["curve"]
-        pick = curve[::max(1, math.ceil(len(curve) / 8))]
+        pick = list(curve) if every_point else curve[::max(1, math.ceil(len(curve) / 8))]
         if curve and pick[-1] is not curve[-1]:
             pick.append(curve[-1])
         for p in pick:
@@ -201,15 +204,18 @@ def plot_curves(rows, folder) -> str:
     return path
 
 
-def print_all(saved, plot_folder):
+def print_all(saved, plot_folder, per_seed=False):
     print("How often the corpus makes copying pay (first 5,000 training stories):")
     print(corpus_table(saved["corpus"]))
     print()
     print(probe_table(saved))
     rows = [r for r in saved["rows"] if r["curve"]]
     if rows:
-        print("\nThe copy curve (train_tiny.py --copy-every; 128 held-out stories; mean over seeds):")
-        print(curve_table(rows))
+        print(f"\nThe copy curve (train_tiny.py --copy-every; 128 held-out stories; "
+              f"{'each seed' if per_seed else 'mean over seeds'}):")
+        print(curve_table([{"arm": f"{r['arm']} {os.path.basename(m['path'])}", "curve": m["curve"]}
+                           for r in rows for m in r["per_model"] if m["curve"]], every_point=True)
+              if per_seed else curve_table(rows))
         if plot_folder:
             print(f"wrote {plot_curves(rows, plot_folder)}", file=sys.stderr)
 
@@ -236,7 +242,7 @@ def main():
     if args.plot:
         require_plot_extra()
     saved = load_saved(args.from_json) if args.from_json else measure(args, arms)
-    print_all(saved, args.plot)
+    print_all(saved, args.plot, args.per_seed)
     if args.json and not args.from_json:
         write_json(args.json, saved)
         print(f"wrote {args.json}", file=sys.stderr)

@@ -156,4 +156,6 @@ def test_train_tiny_logs_the_copy_curve_and_copy_study_reads_it(tmp_path):
     assert "--name-share 1.0" in r.stdout and r.stdout.count("| tiny |") == 2 + 4
     again = run("-m", "studies.copy_study", "--from-json", str(saved))
     assert again.returncode == 0 and again.stdout == r.stdout
+    seeds = run("-m", "studies.copy_study", "--from-json", str(saved), "--per-seed")
+    assert seeds.returncode == 0 and seeds.stdout.count("| tiny copy.pt |") == 4  # every point of the one seed
     assert json.loads(saved.read_text())["rows"][0]["per_model"][0]["name_share"] == 0.9
