@@ -25,6 +25,7 @@ from minidlm.cli import quiet_early_ctrl_c
 
 quiet_early_ctrl_c(__name__)  # before the heavy imports: a Ctrl-C while torch loads is one line
 
+import json
 import time
 
 import torch
@@ -143,10 +144,9 @@ def compile_benchmark(model, prompts_of, mask_id, pad_id, device, prompt_length,
     built for that sampler (a new shape it cannot cover symbolically is a new graph)."""
     import torch._dynamo
     from torch._dynamo.utils import counters
-    print(f"device {device.type}, threads {torch.get_num_threads()}, prompt {prompt_length} + {gen_length} generated, block 32, "
-          f"greedy; warm best of {repeats}; compiled = torch.compile(model, dynamic=True)")
-    print("| batch | sampler | rule | eager tok/s | compiled tok/s | compiled / eager | first compiled call s | graphs | same tokens |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    header = (f"device {device.type}, threads {torch.get_num_threads()}, prompt {prompt_length} + {gen_length} "
+              f"generated, block 32, greedy; warm best of {repeats}; compiled = torch.compile(model, dynamic=True)")
+    print(header + "\n" + COMPILE_HEAD, flush=True)
     table = []
     for B in prompts_of:
         prompts = prompts_of[B]
@@ -168,10 +168,22 @@ def compile_benchmark(model, prompts_of, mask_id, pad_id, device, prompt_length,
                        "compiled_tok_s": B * gen_length / t_c, "ratio": t_e / t_c, "first_call_s": first,
                        "graphs": graphs, "same_tokens": bool((out_e == out_c).all())}
                 table.append(row)
-                print(f"| {B} | {cache} | {rule} | {row['eager_tok_s']:,.0f} | {row['compiled_tok_s']:,.0f} | "
-                      f"{row['ratio']:.2f}x | {first:.1f} | {graphs} | {'yes' if row['same_tokens'] else 'NO'} |", flush=True)
+                print(compile_line(row, table), flush=True)
     torch._dynamo.reset()
-    return table
+    return {"header": header, "rows": table}
+
+
+COMPILE_HEAD = ("| batch | sampler | rule | eager tok/s | compiled tok/s | compiled / eager | compiled / eager default "
+                "| first compiled call s | graphs | same tokens |\n|---|---|---|---|---|---|---|---|---|---|")
+
+
+def compile_line(row, rows) -> str:
+    """One row of the --compile table; `compiled / eager default` is over the eager uncached
+    fixed-schedule sampler (plain `python sample.py`) at the same batch size, in the same run."""
+    default = next(r for r in rows if r["batch"] == row["batch"] and r["sampler"] == "none" and r["rule"] == "fixed")
+    return (f"| {row['batch']} | {row['sampler']} | {row['rule']} | {row['eager_tok_s']:,.0f} | "
+            f"{row['compiled_tok_s']:,.0f} | {row['ratio']:.2f}x | {row['compiled_tok_s'] / default['eager_tok_s']:.2f}x | "
+            f"{row['first_call_s']:.1f} | {row['graphs']} | {'yes' if row['same_tokens'] else 'NO'} |")
 
 
 def build_parser():
@@ -190,6 +202,8 @@ def build_parser():
                    help="instead: torch.profiler's operators per step of this cache, at each --batch-sizes")
     p.add_argument("--compile", action="store_true",
                    help="instead: torch.compile against eager for none/prefix/dual, fixed and threshold rule")
+    p.add_argument("--from-json", default=None, metavar="PATH",
+                   help="with --compile: print the table saved with --json instead of measuring")
     p.add_argument("--threshold", type=number(float, 0, 1, lo_open=True), default=None,
                    help="with --compile: the threshold rule's P (default 0.9)")
     p.add_argument("--seconds", type=number(float, 0.1, 3600), default=10.0, help="--train: seconds of timed steps")
@@ -201,6 +215,16 @@ def main():
     modes = [flag for flag, on in [("--train", args.train), ("--profile", args.profile), ("--compile", args.compile)] if on]
     if len(modes) > 1:
         die(f"{' and '.join(modes)} are separate benchmarks: run one at a time")
+    if args.from_json and not args.compile:
+        die("--from-json reprints a --compile table: add --compile")
+    if args.from_json:
+        try:
+            with open(args.from_json) as f:
+                saved = json.load(f)
+            lines = [saved["header"], COMPILE_HEAD] + [compile_line(r, saved["rows"]) for r in saved["rows"]]
+        except (OSError, ValueError, KeyError, TypeError, StopIteration):
+            die(f"{args.from_json} is not a table written by bench.py --compile --json")
+        return print("\n".join(lines))
     if args.threshold is not None and not args.compile:
         die("--threshold is --compile's threshold rule; the caches' table runs the fixed schedule "
             "(python -m studies.frontier measures thresholds)")

@@ -50,6 +50,8 @@ INFILL_SEEDS = "studies/results/infill_seeds.json"
 SWEEP = "studies/results/repeat_sweep.json"
 SWEEP_SEEDS = "studies/results/repeat_sweep_seeds.json"
 FRONTIER = "studies/results/frontier.json"
+COMPILED = "studies/results/bench_compile.json"
+COMPILE_RUN = "python bench.py --compile --repeats 2 --threshold 0.95 --threads 1 --json " + COMPILED
 AR_COMPARE = "studies/results/ar_compare.json"
 # (what, saved rows, how to rerun them)
 ABLATIONS = [("embedded corpus", ["studies/results/ablation.json"], "`python -m studies.ablation --rows first-round,muon,mid-t,arch,default`"),
@@ -87,6 +89,11 @@ def stages(quick: bool, figures: bool):
         ("Where a cached step's time goes", ["bench.py", "--profile", "dual", "--quick", "--threads", "1"],
          "torch.profiler over one dual-cache call (a 32-token prompt + 64 tokens, one per step): the "
          "operators that take the most time per step, at batch 1 and 8."),
+        *([(f"Compiling the step (saved rows; rerun: `{COMPILE_RUN}`, about 10 min)",
+            ["bench.py", "--compile", "--from-json", COMPILED],
+            "Eager against torch.compile(model, dynamic=True) for the none, prefix and dual samplers, fixed "
+            "schedule and threshold rule, at batch 1 and 8, in one process.")]
+          if os.path.exists(COMPILED) and not quick else []),
         *([("Threshold decoding: the frontier (saved rows; rerun: "
             f"`python -m studies.frontier --threads 1 --json {FRONTIER} --plot docs`, about 10 min)",
             ["-m", "studies.frontier", "--from-json", FRONTIER] + plot(docs),
@@ -294,16 +301,21 @@ def split_report(text):
     return header.rstrip("\n"), [(part.split("\n", 1)[0], "## " + part.rstrip("\n")) for part in parts]
 
 
-def splice_report(path, log, started):
+def splice_report(path, log, started, order=()):
     """--only: replace the sections of the report at `path` whose titles the log has rerun, in
-    place; a stage the report did not have yet goes last. Each such run adds one line to the
+    place; a stage the report did not have yet goes after the last section that comes before it
+    in `order` (the stages' titles in report order), or last. Each such run adds one line to the
     header saying which sections it rerun, and how."""
     with open(path) as f:
         header, sections = split_report(f.read())
     fresh = dict(render_sections(path, log))
     note = f"Sections rerun alone by {how_run(started)}: " + "; ".join(f"'{t}'" for t in fresh) + "."
-    kept = [(title, fresh.pop(title, text)) for title, text in sections]
-    write_text(path, "\n\n".join([header, note] + [text for _, text in kept + list(fresh.items())]) + "\n")
+    sections = [(title, fresh.pop(title, text)) for title, text in sections]
+    rank = {title: i for i, title in enumerate(order)}
+    for title, text in fresh.items():  # new stages
+        before = [i for i, (t, _) in enumerate(sections) if rank.get(t, -1) < rank.get(title, len(rank))]
+        sections.insert(before[-1] + 1 if before else len(sections), (title, text))
+    write_text(path, "\n\n".join([header, note] + [text for _, text in sections]) + "\n")
 
 
 def main():
@@ -346,7 +358,10 @@ def main():
     plan = [stage for stage in plan if wanted(stage[0])]
     for i, (title, command, what) in enumerate(plan, 1):
         run_stage(i, len(plan), title, command, log, what)
-    (splice_report if args.only else write_report)(report, log, started)
+    if args.only:
+        splice_report(report, log, started, ["The shipped models"] + [t for t, _, _ in stages(args.quick, figures)])
+    else:
+        write_report(report, log, started)
     print(f"wrote {report} in {(time.time() - started) / 60:.1f} min", file=sys.stderr)
 
 

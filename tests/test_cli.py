@@ -293,6 +293,19 @@ def test_every_script_refuses_a_device_it_cannot_have_in_one_line(script, script
     assert_clean_error(script_run(script, "--device", "quantum"), "unknown device")
 
 
+def test_bench_compile_table_reprints_from_json_with_the_default_as_its_yardstick(tmp_path, script_run):
+    import json
+    row = dict(batch=1, rule="fixed", eager_tok_s=40.0, first_call_s=20.0, graphs=1, same_tokens=True)
+    rows = [dict(row, sampler="none", compiled_tok_s=50.0, ratio=1.25),
+            dict(row, sampler="dual", eager_tok_s=60.0, compiled_tok_s=90.0, ratio=1.5, graphs=2)]
+    (tmp_path / "c.json").write_text(json.dumps({"header": "device cpu", "rows": rows}))
+    r = script_run("bench.py", "--compile", "--from-json", str(tmp_path / "c.json"))
+    assert r.returncode == 0 and "| 1 | dual | fixed | 60 | 90 | 1.50x | 2.25x | 20.0 | 2 | yes |" in r.stdout, r.stdout
+    assert_clean_error(script_run("bench.py", "--from-json", str(tmp_path / "c.json")), "add --compile")
+    (tmp_path / "bad.json").write_text("{}")
+    assert_clean_error(script_run("bench.py", "--compile", "--from-json", str(tmp_path / "bad.json")), "not a table")
+
+
 def test_reproduce_rejects_bad_flags_in_one_line(script_run):
     assert_clean_error(script_run("studies/reproduce.py", "--fast"), "unrecognized arguments")
 
@@ -304,13 +317,13 @@ def test_reproduce_only_replaces_just_the_rerun_sections_and_keeps_the_order(tmp
     path = tmp_path / "REPORT.md"
     path.write_text("# report\n\nWritten by `x`. Every table below is the stdout of the command shown above it.\n\n"
                     "## A\n\n`python a`\n\nold a\n\n## B\n\n`python b`\n\nold b | table\n")
-    log = [("B", "python b --new", 3.0, "new b"), ("C", "python c", 1.0, "new c")]
-    reproduce.splice_report(str(path), log, 0.0)
+    log = [("B", "python b --new", 3.0, "new b"), ("C", "python c", 1.0, "new c"), ("A2", "python a2", 1.0, "a2")]
+    reproduce.splice_report(str(path), log, 0.0, order=["A", "A2", "B", "C"])
     header, sections = reproduce.split_report(path.read_text())
-    assert [t for t, _ in sections] == ["A", "B", "C"]
+    assert [t for t, _ in sections] == ["A", "A2", "B", "C"]
     assert sections[0][1] == "## A\n\n`python a`\n\nold a"
-    assert "new b" in sections[1][1] and "old b" not in sections[1][1] and "python b --new" in sections[1][1]
-    assert "Sections rerun alone by" in header and "'B'; 'C'." in header and "Written by `x`" in header
+    assert "new b" in sections[2][1] and "old b" not in sections[2][1] and "python b --new" in sections[2][1]
+    assert "Sections rerun alone by" in header and "'B'; 'C'; 'A2'." in header and "Written by `x`" in header
     assert path.read_text().endswith("new c\n")
 
 
