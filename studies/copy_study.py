@@ -179,7 +179,7 @@ def plot_curves(rows, folder) -> str:
             unit = 1 if y.endswith("margin") else 100
             for c in curves:  # thin: each seed (a curve rebuilt from a training log has no margin)
                 if y in c[0]:
-                    ax.plot([p[x] / scale for p in c], [unit * p[y] for p in c], color=f"C{i}", alpha=0.3, lw=0.8)
+                    ax.plot([p[x] / scale for p in c], [unit * p[y] for p in c], color=f"C{i}", alpha=0.45, lw=0.9)
             if row["curve"] and y in row["curve"][0]:  # thick: the mean over seeds
                 ax.plot([p[x] / scale for p in row["curve"]], [unit * p[y] for p in row["curve"]], color=f"C{i}",
                         lw=2, label=f"{row['arm']} ({len(curves)} seed{'s' if len(curves) > 1 else ''})")
