@@ -51,7 +51,7 @@ SWEEP = "studies/results/repeat_sweep.json"
 SWEEP_SEEDS = "studies/results/repeat_sweep_seeds.json"
 FRONTIER = "studies/results/frontier.json"
 COMPILED = "studies/results/bench_compile.json"
-COMPILE_RUN = "python bench.py --compile --repeats 2 --threshold 0.95 --threads 1 --json " + COMPILED
+COMPILE_RUN = "python bench.py --compile --repeats 1 --threshold 0.95 --threads 1 --json " + COMPILED
 AR_COMPARE = "studies/results/ar_compare.json"
 # (what, saved rows, how to rerun them)
 ABLATIONS = [("embedded corpus", ["studies/results/ablation.json"], "`python -m studies.ablation --rows first-round,muon,mid-t,arch,default`"),
@@ -89,7 +89,7 @@ def stages(quick: bool, figures: bool):
         ("Where a cached step's time goes", ["bench.py", "--profile", "dual", "--quick", "--threads", "1"],
          "torch.profiler over one dual-cache call (a 32-token prompt + 64 tokens, one per step): the "
          "operators that take the most time per step, at batch 1 and 8."),
-        *([(f"Compiling the step (saved rows; rerun: `{COMPILE_RUN}`, about 10 min)",
+        *([(f"Compiling the step (saved rows; rerun: `{COMPILE_RUN}`, about 8 min)",
             ["bench.py", "--compile", "--from-json", COMPILED],
             "Eager against torch.compile(model, dynamic=True) for the none, prefix and dual samplers, fixed "
             "schedule and threshold rule, at batch 1 and 8, in one process.")]
