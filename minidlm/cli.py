@@ -103,6 +103,22 @@ def device_or_die(name: str, threads=None):
     return device
 
 
+def mean_curve(curves):
+    """The studies' mean over seeds of curves logged in training (lists of points, dicts with a
+    "step"): a point at each step every curve has, holding the quantities every one of those
+    points has (a curve rebuilt from an old log may lack some), each averaged; None stays None."""
+    import statistics
+    curves = [c for c in curves if c]
+    if not curves:
+        return []
+    out = []
+    for step in sorted(set.intersection(*(set(p["step"] for p in c) for c in curves))):
+        points = [next(p for p in c if p["step"] == step) for c in curves]
+        keys = [k for k in points[0] if all(k in p for p in points)]
+        out.append({k: statistics.mean(p[k] for p in points) if points[0][k] is not None else None for k in keys})
+    return out
+
+
 def number(kind=float, lo=None, hi=None, lo_open=False, hi_open=False):
     """An argparse `type` for a finite int or float within [lo, hi] (or open ends): nan, inf and
     out-of-range values are refused with one line (and exit code 2) by ArgumentParser."""

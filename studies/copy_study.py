@@ -24,11 +24,10 @@ quiet_early_ctrl_c(__name__)  # before the heavy imports: a Ctrl-C while torch l
 import json
 import math
 import os
-import statistics
 import sys
 
 from minidlm.checkpoint import CheckpointError, load_model
-from minidlm.cli import (ArgumentParser, cell, die, number, parse_arms, device_or_die, pyplot, require_plot_extra,
+from minidlm.cli import (ArgumentParser, cell, die, mean_curve, number, parse_arms, device_or_die, pyplot, require_plot_extra,
                          run_main, save_figure)
 from minidlm.copy_probe import MENTIONS, copy_probe, repeat_stats
 from minidlm.corpus import NAME_SHARE, generate_stories
@@ -54,17 +53,6 @@ def build_parser():
                    help="print each seed's copy curve instead of the mean over an arm's seeds")
     p.add_argument("--device", default="auto")
     return p
-
-
-def mean_curve(curves):
-    """Points at the steps every curve has, each quantity averaged over the curves (seeds)."""
-    curves = [c for c in curves if c]
-    if not curves:
-        return []
-    steps = sorted(set.intersection(*(set(p["step"] for p in c) for c in curves)))
-    keys = set.intersection(*(set(p) for c in curves for p in c))
-    return [{k: statistics.mean(next(p for p in c if p["step"] == step)[k] for c in curves)
-             for k in sorted(keys)} for step in steps]
 
 
 def load_arms(args, arms, device) -> dict:

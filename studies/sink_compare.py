@@ -33,7 +33,7 @@ import sys
 import torch
 
 from minidlm.checkpoint import CheckpointError, load_model
-from minidlm.cli import (ArgumentParser, cell, die, number, parse_arms, device_or_die, pyplot, require_plot_extra,
+from minidlm.cli import (ArgumentParser, cell, die, mean_curve, number, parse_arms, device_or_die, pyplot, require_plot_extra,
                          run_main, save_figure)
 from minidlm.files import numbered, preflight, write_json
 from minidlm.corpus import CorpusError
@@ -92,20 +92,6 @@ def aggregate(name, paths, per_model):
     row["curve"] = mean_curve([r["curve"] for r in per_model])
     row["curves"] = [r["curve"] for r in per_model]
     return row
-
-
-def mean_curve(curves):
-    """Points at the steps every curve has, each quantity averaged over the curves (seeds)."""
-    curves = [c for c in curves if c]
-    if not curves:
-        return []
-    steps = sorted(set.intersection(*(set(p["step"] for p in c) for c in curves)))
-    out = []
-    for step in steps:
-        points = [next(p for p in c if p["step"] == step) for c in curves]
-        out.append({k: (statistics.mean(p[k] for p in points) if points[0][k] is not None else None)
-                    for k in points[0]})
-    return out
 
 
 def curve_table(rows):
