@@ -218,6 +218,7 @@ def main():
     if args.from_json and not args.compile:
         die("--from-json reprints a --compile table: add --compile")
     if args.from_json:
+        preflight(inputs={"--from-json": args.from_json})
         try:
             with open(args.from_json) as f:
                 saved = json.load(f)
