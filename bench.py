@@ -190,10 +190,11 @@ def build_parser():
     p = ArgumentParser(description="Benchmark the sampler's caches or training (prints ratios, not a test).")
     p.add_argument("--checkpoint", default="checkpoints/tiny.pt")
     p.add_argument("--device", default="auto")
-    p.add_argument("--quick", action="store_true", help="64 generated tokens, one timed run")
+    p.add_argument("--quick", action="store_true", help="64 generated tokens, one timed run (unless --repeats)")
     p.add_argument("--batch-sizes", type=number(int, 1, 4096), nargs="+", default=[1, 8])
     p.add_argument("--prompt-length", type=positive_int, default=32)
-    p.add_argument("--repeats", type=number(int, 1, 1000), default=3, help="timed runs per row (best is kept)")
+    p.add_argument("--repeats", type=number(int, 1, 1000), default=None,
+                   help="timed runs per row, the best kept (default: 3; 1 with --quick)")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the rows as JSON here")
     p.add_argument("--threads", type=number(int, 1, 1024), default=None,
                    help="torch CPU threads (default: torch's; pass 1 on a shared machine)")
@@ -238,7 +239,7 @@ def main():
     except CheckpointError as e:
         die(str(e))
     gen_length = 64 if args.quick else 128
-    repeats = 1 if args.quick else args.repeats
+    repeats = args.repeats or (1 if args.quick else 3)
     problem = context_problem(args.checkpoint, model, args.prompt_length, gen_length, "the benchmark")
     if problem:
         die(problem)

@@ -59,7 +59,22 @@ def given_options(parser, argv=None) -> dict:
     finally:
         for a, default in saved.items():
             a.default = default
-    return {a.dest: a.option_strings[0] for a in parser._actions if a.dest in given and a.option_strings}
+    typed = [t.split("=", 1)[0] for t in argv if t.startswith("--")]
+    return {a.dest: _as_typed(a.option_strings, typed)
+            for a in parser._actions if a.dest in given and a.option_strings}
+
+
+def _as_typed(option_strings, typed):
+    """The spelling of one option that the user typed (--no-plain-ce, not --plain-ce), the full
+    name where an abbreviation was typed; the first spelling if none is found."""
+    for t in reversed(typed):  # argparse keeps the last occurrence
+        exact = [o for o in option_strings if o == t]
+        if exact:
+            return exact[0]
+        prefixed = [o for o in option_strings if o.startswith(t)]
+        if len(prefixed) == 1:
+            return prefixed[0]
+    return option_strings[0]
 
 
 def die(message: str, code: int = 2):

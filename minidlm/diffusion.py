@@ -92,7 +92,11 @@ def evaluate_nelbo(model, windows, mask_id, n_mc=16, batch_size=32, seed=0):
     Returns (mean, standard error across windows). Window n's k-th sample masks
     l = 1 + floor((k + u_n) L / n_mc) random positions (one u_n ~ U[0, 1) per window, so each l in
     1..L is exactly equally likely and every window covers the whole range) and scores
-    (L / l) * (sum of masked CE) / L. The standard error is that of the per-window means."""
+    (L / l) * (sum of masked CE) / L. The standard error is that of the per-window means.
+    A causal model is refused: it never learned to fill a [MASK], so the number would bound
+    nothing it does (its exact NLL is `evaluate_nll`)."""
+    if getattr(model, "cfg", None) is not None and model.cfg.causal:  # (a compiled model has no cfg)
+        raise ValueError("an autoregressive model has an exact NLL, not a NELBO: use evaluate_nll")
     device = windows.device
     g = torch.Generator(device=device).manual_seed(seed)
     N, L = windows.shape

@@ -10,7 +10,7 @@ from hypothesis import given, strategies as st
 from conftest import MASK_ID, PAD_ID, VOCAB, tiny_model
 from minidlm.autoregressive import ar_generate, ar_generate_uncached
 from minidlm.checkpoint import load_model, read, save_model
-from minidlm.diffusion import ar_loss, evaluate_nll
+from minidlm.diffusion import ar_loss, evaluate_nelbo, evaluate_nll
 from minidlm.model import DiffusionLM, ModelConfig
 from minidlm.tokenizer import Tokenizer
 from test_cli import TEXT, assert_clean_error, script_run  # noqa: F401 (script_run is a fixture)
@@ -87,11 +87,13 @@ def test_on_step_shows_one_new_token_per_step_and_masks_the_rest():
         assert frame[:step] == out[0, :step].tolist() and frame[step:] == [MASK_ID] * (5 - step)
 
 
-def test_decoding_refuses_a_diffusion_model_and_an_overlong_request():
+def test_decoding_refuses_a_diffusion_model_and_an_overlong_request_and_the_nelbo_a_causal_one():
     with pytest.raises(ValueError, match="autoregressive"):
         ar_generate(tiny_model(), [[1, 2]], MASK_ID, PAD_ID, 4)
     with pytest.raises(ValueError, match="context"):
         ar_generate(causal_model(), [[1] * 60], MASK_ID, PAD_ID, 8)
+    with pytest.raises(ValueError, match="evaluate_nll"):
+        evaluate_nelbo(causal_model(), torch.ones(2, 8, dtype=torch.long), MASK_ID)
 
 
 # --- checkpoints and the scripts -------------------------------------------------------------
@@ -157,7 +159,7 @@ def test_a_diffusion_checkpoint_refuses_the_ar_option(checkpoints, script_run):
                                    ["--sink-value", "zero"], ["--eval-mc", "4"], ["--curve-every", "10"]])
 def test_train_tiny_refuses_diffusion_options_with_the_ar_objective(script_run, tmp_path, flags):
     r = script_run("train_tiny.py", "--objective", "ar", "--out", str(tmp_path / "a.pt"), *flags)
-    assert_clean_error(r, "is an option of the masked-diffusion objective")
+    assert_clean_error(r, f"{flags[0].split('=')[0]} is an option of the masked-diffusion objective")
     assert not (tmp_path / "a.pt").exists()
 
 

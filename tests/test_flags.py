@@ -95,3 +95,24 @@ def test_a_temperature_so_small_that_logits_over_t_overflow_is_refused(capsys):
     logits = torch.randn(4, 16, 300) * 20
     g = torch.Generator().manual_seed(0)
     assert torch.equal(choose_tokens(logits, MIN_TEMPERATURE, g), logits.argmax(-1))
+
+
+BOOLEAN_FLAGS = [(script, a.option_strings) for script, build in PARSERS.items() for a in build()._actions
+                 if isinstance(a, argparse.BooleanOptionalAction)]
+
+
+@given(st.sampled_from(BOOLEAN_FLAGS), st.integers(0, 1), st.integers(0, 4))
+def test_given_options_names_a_flag_as_the_user_spelled_it(flag, which, cut):
+    """A refusal quotes the option that was typed: --no-plain-ce, not --plain-ce; an abbreviation
+    by the full spelling it stands for."""
+    from minidlm.cli import given_options
+    script, spellings = flag
+    parser = PARSERS[script]()
+    spelled = spellings[which]
+    typed = spelled[:max(len(spelled) - cut, 3)]
+    if len([o for a in parser._actions for o in a.option_strings if o.startswith(typed)]) != 1:
+        typed = spelled  # an ambiguous abbreviation argparse would refuse
+    dest = next(a.dest for a in parser._actions if a.option_strings == spellings)
+    with contextlib.redirect_stderr(io.StringIO()):
+        got = given_options(parser, [typed])
+    assert got[dest] == spelled
