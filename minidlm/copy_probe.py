@@ -22,6 +22,7 @@ log p of those rivals, is about 0 nats: the margin rises before the right name s
 """
 import re
 import statistics
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -63,12 +64,14 @@ def repeat_stats(tokenizer, stories) -> dict:
 @dataclass(frozen=True)
 class Case:
     """One probe: the canvas (end-of-text first, the mention as [MASK]s), where the hole is, the
-    name's ids there, and the ids of each other name of the same gender and token count."""
+    name's ids there, the ids of each other name of the same gender and token count, and where
+    the name's tokens stand elsewhere in the canvas (what a copy would read)."""
     name: str
     canvas: tuple
     hole: tuple
     answer: tuple
     rivals: tuple
+    others: tuple = ()
 
 
 def name_ids(tokenizer, name: str, spaced: bool) -> tuple:
@@ -89,7 +92,11 @@ def make_case(tokenizer, story: str, mention: str):
     canvas = left + [tokenizer.mask_id] * len(answer) + tokenizer.encode(suffix)
     rivals = tuple(ids for other in NAMES[GENDER[name]] if other != name
                    for ids in [name_ids(tokenizer, other, spaced)] if len(ids) == len(answer))
-    return Case(name, tuple(canvas), tuple(range(len(left), len(left) + len(answer))), answer, rivals)
+    hole = tuple(range(len(left), len(left) + len(answer)))
+    others = tuple(sorted({i + k for spelled in (True, False) for ids in [name_ids(tokenizer, name, spelled)]
+                           for i in range(len(canvas) - len(ids) + 1)
+                           if tuple(canvas[i:i + len(ids)]) == ids for k in range(len(ids))}))
+    return Case(name, tuple(canvas), hole, answer, rivals, others)
 
 
 def make_cases(tokenizer, stories, mention: str, max_len: int) -> list:
@@ -177,3 +184,52 @@ def training_curve_point(model, tokenizer, stories) -> dict:
     """The copy curve's point that train_tiny.py --copy-every logs: both mentions, flattened."""
     return {f"{mention}_{key}": value for mention, summary in copy_probe(model, tokenizer, stories).items()
             for key, value in summary.items() if key in ("p_right", "p_rival", "prefers", "margin", "recovered")}
+
+
+@torch.no_grad()
+def attention_on_mentions(model, tokenizer, cases, batch_size: int = 32):
+    """Where a copy would read: per layer and head, the attention weight the hole's rows put on
+    the tokens of the name's other mentions (summed over those keys, averaged over the hole's
+    rows, then over cases), as an (n_layer, n_head) tensor; and what uniform attention would put
+    there (the share of the canvas those tokens are), for scale. Cases without another mention
+    are skipped; the [SINK], where there is one, counts as a key that is not the name."""
+    cases = [c for c in cases if c.others]
+    device = next(model.parameters()).device
+    S = int(model.cfg.sink)
+    total = torch.zeros(model.cfg.n_layer, model.cfg.n_head, device=device)
+    was_training = model.training
+    model.eval()
+    for at in range(0, len(cases), batch_size):
+        chunk = cases[at:at + batch_size]
+        x, n_pad = pad_prompts([list(c.canvas) for c in chunk], tokenizer.eot_id, device)
+        L = x.shape[1]
+        bias = padding_bias(n_pad, L) if bool((n_pad > 0).any()) else None
+        _, trace = model(x, positions=torch.arange(L, device=device) - n_pad[:, None], attn_bias=bias, trace=True)
+        for r, c in enumerate(chunk):
+            shift = S + n_pad[r].item()  # (the sink is query row 0 and key 0 of an uncached forward)
+            rows = torch.tensor([shift + i for i in c.hole], device=device)
+            keys = torch.tensor([shift + i for i in c.others], device=device)
+            for layer, weights in enumerate(trace.attn):
+                total[layer] += weights[r][:, rows][:, :, keys].sum(-1).mean(-1).float()
+    model.train(was_training)
+    uniform = sum(len(c.others) / len(c.canvas) for c in cases) / max(len(cases), 1)
+    return (total / max(len(cases), 1)).cpu(), uniform
+
+
+@contextmanager
+def head_zeroed(model, layer: int, head: int):
+    """Inside the block, attention head `head` of layer `layer` writes nothing: its slice of the
+    output projection's input is zero (the ablation that asks whether that head does the copy).
+    The model is unchanged outside the block."""
+    size = model.cfg.d_model // model.cfg.n_head
+
+    def silence(_module, inputs):
+        x = inputs[0].clone()
+        x[..., head * size:(head + 1) * size] = 0
+        return (x,)
+
+    handle = model.blocks[layer].attn.wo.register_forward_pre_hook(silence)
+    try:
+        yield model
+    finally:
+        handle.remove()

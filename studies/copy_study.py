@@ -16,6 +16,13 @@ prefers (the right name outscores every other name of its gender and token count
 Last, when the checkpoints were trained with `train_tiny.py --copy-every N`, the copy curve:
 recovery against training tokens, one line per arm (mean over seeds, each seed thin), and beside
 it against training minutes (`--plot DIR` writes copy_curve.png).
+
+--heads asks which attention head does the copy, per checkpoint: the weight each layer's heads
+put, from the hole's rows, on the tokens of the name's other mention (uniform attention would put
+the share of the canvas those tokens are), then the probe again with the head that puts the most
+there silenced (its output zeroed), and with the next one of the same layer silenced instead, as
+the control. `--plot DIR` then writes copy_heads.png (one map of layers x heads per checkpoint)
+instead of the curve.
 """
 from minidlm.cli import quiet_early_ctrl_c
 
@@ -26,10 +33,13 @@ import math
 import os
 import sys
 
+import torch
+
 from minidlm.checkpoint import CheckpointError, load_model
 from minidlm.cli import (ArgumentParser, cell, die, mean_curve, number, parse_arms, device_or_die, pyplot, require_plot_extra,
                          run_main, save_figure)
-from minidlm.copy_probe import MENTIONS, copy_probe, repeat_stats
+from minidlm.copy_probe import (MENTIONS, attention_on_mentions, copy_probe, head_zeroed, make_cases,
+                                repeat_stats)
 from minidlm.corpus import NAME_SHARE, generate_stories
 from minidlm.data import load_documents
 from minidlm.evaluate import seeds_problem, trained_on
@@ -51,6 +61,9 @@ def build_parser():
     p.add_argument("--plot", default=None, metavar="DIR", help="write copy_curve.png here (plot extra)")
     p.add_argument("--per-seed", action="store_true",
                    help="print each seed's copy curve instead of the mean over an arm's seeds")
+    p.add_argument("--heads", action="store_true",
+                   help="also find the head that copies: its attention on the other mention, and the "
+                        "probe with it silenced (--plot writes copy_heads.png instead of the curve)")
     p.add_argument("--device", default="auto")
     return p
 
@@ -90,17 +103,37 @@ def measure(args, arms):
             if seed not in held_out:
                 held_out[seed] = load_documents(seed=seed)[1][:args.stories]
             probe = copy_probe(model, tok, held_out[seed])
+            heads = find_copy_head(model, tok, held_out[seed]) if args.heads else None
             metrics = meta.get("metrics", {})
             per_model.append({"path": path, "probe": probe, "curve": meta.get("copy_curve", []),
                               "steps": meta.get("step"),  # an interrupted run has no final metrics
                               "tokens": metrics.get("tokens_seen") or (meta.get("step") or 0)
                               * margs.get("batch_size", 0) * margs.get("seq_len", 0) or None,
                               "minutes": metrics.get("train_minutes"), "bits": metrics.get("val_bits_per_token"),
-                              "name_share": margs.get("name_share", NAME_SHARE)})
+                              "name_share": margs.get("name_share", NAME_SHARE),
+                              **({"heads": heads} if heads else {})})
             print(f"measured {name}: {path}", file=sys.stderr, flush=True)
         rows.append({"arm": name, "per_model": per_model,
                      "curve": mean_curve([m["curve"] for m in per_model])})
-    return {"corpus": stats, "stories": args.stories, "rows": rows}
+    return {"corpus": stats, "stories": args.stories, "rows": rows, "heads": args.heads}
+
+
+def find_copy_head(model, tok, stories) -> dict:
+    """The attention maps of both mentions, the head that puts the most weight on the other
+    mention (both mentions together), and the probe with it, then with a control head of the
+    same layer (the next most attentive there), silenced."""
+    maps = {}
+    for mention in MENTIONS:
+        weights, uniform = attention_on_mentions(model, tok, make_cases(tok, stories, mention, model.cfg.max_seq_len))
+        maps[mention] = {"weights": weights.tolist(), "uniform": uniform}
+    both = sum(torch.tensor(maps[m]["weights"]) for m in MENTIONS)
+    layer, head = divmod(int(both.argmax()), model.cfg.n_head)
+    control = max((h for h in range(model.cfg.n_head) if h != head), key=lambda h: both[layer, h].item())
+    silenced = {}
+    for h in (head, control):
+        with head_zeroed(model, layer, h):
+            silenced[str(h)] = copy_probe(model, tok, stories)
+    return {"maps": maps, "layer": layer, "head": head, "control": control, "silenced": silenced}
 
 
 def corpus_table(stats) -> str:
@@ -192,11 +225,74 @@ def plot_curves(rows, folder) -> str:
     return path
 
 
+def heads_table(rows) -> str:
+    """Per checkpoint and mention: the copy head (layers and heads counted from 0), its weight on
+    the other mention against uniform attention's, and recovery intact, with it silenced and with
+    the control head silenced."""
+    lines = ["| arm | checkpoint | mention | copy head | its weight on the other mention % | uniform % | "
+             "recovered % | head silenced | control silenced | margin nats: intact / head silenced |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        for m in row["per_model"]:
+            h = m["heads"]
+            layer, head, control = h["layer"], h["head"], h["control"]
+            for mention in MENTIONS:
+                mp, off, ctl = m["probe"][mention], h["silenced"][str(head)][mention], h["silenced"][str(control)][mention]
+                lines.append(f"| {row['arm']} | {os.path.basename(m['path'])} | {mention} | L{layer} H{head} | "
+                             f"{100 * h['maps'][mention]['weights'][layer][head]:.1f} | "
+                             f"{100 * h['maps'][mention]['uniform']:.1f} | {100 * mp['recovered']:.1f} | "
+                             f"{100 * off['recovered']:.1f} | {100 * ctl['recovered']:.1f} (L{layer} H{control}) | "
+                             f"{mp['margin']:.2f} / {off['margin']:.2f} |")
+    return "\n".join(lines)
+
+
+def plot_heads(rows, folder) -> str:
+    """One map per checkpoint: each layer's heads' weight on the name's other mention, first mention
+    as the hole; the copy head outlined."""
+    plt = pyplot()
+    os.makedirs(folder, exist_ok=True)
+    models = [(row["arm"], m) for row in rows for m in row["per_model"]]
+    fig, axes = plt.subplots(1, len(models), figsize=(2.5 * len(models) + 1.6, 4.6), squeeze=False)
+    for ax, (arm, m) in zip(axes[0], models):
+        h = m["heads"]
+        weights = torch.tensor(h["maps"]["first"]["weights"])
+        image = ax.imshow(100 * weights, vmin=0, vmax=100, cmap="Blues", aspect="auto")
+        for (layer, head), w in zip([(l, k) for l in range(weights.shape[0]) for k in range(weights.shape[1])],
+                                    weights.flatten().tolist()):
+            ax.text(head, layer, f"{100 * w:.0f}", ha="center", va="center", fontsize=7,
+                    color="white" if w > 0.5 else "black")
+        ax.add_patch(plt.Rectangle((h["head"] - 0.5, h["layer"] - 0.5), 1, 1, fill=False, lw=2, color="C3"))
+        ax.set_xticks(range(weights.shape[1]))
+        ax.set_yticks(range(weights.shape[0]))
+        ax.set_xlabel("head")
+        ax.set_title(f"{arm}: {os.path.basename(m['path'])}\nrecovered {100 * m['probe']['first']['recovered']:.0f} %,"
+                     f"\n{100 * h['silenced'][str(h['head'])]['first']['recovered']:.0f} % with L{h['layer']} H{h['head']} "
+                     f"silenced", fontsize=8)
+    axes[0][0].set_ylabel("layer")
+    fig.suptitle(f"Which head copies? The hero's name as a hole at its first mention: each head's attention\n"
+                 f"on the name's other mention (uniform attention: "
+                 f"{100 * models[0][1]['heads']['maps']['first']['uniform']:.1f} %; red: the most attentive head)",
+                 fontsize=9)
+    fig.subplots_adjust(top=0.78, wspace=0.35, right=0.86)
+    fig.colorbar(image, cax=fig.add_axes([0.89, 0.11, 0.015, 0.66]), label="% of the hole's attention there")
+    path = os.path.join(folder, "copy_heads.png")
+    save_figure(fig, path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def print_all(saved, plot_folder, per_seed=False):
     print("How often the corpus makes copying pay (first 5,000 training stories):")
     print(corpus_table(saved["corpus"]))
     print()
     print(probe_table(saved))
+    if saved.get("heads"):
+        print("\nWhich head copies (its weight: from the hole's rows, on the name's other mention; "
+              "silenced: its output zeroed, then the control's, the next head of its layer, instead):")
+        print(heads_table(saved["rows"]))
+        if plot_folder:
+            print(f"wrote {plot_heads(saved['rows'], plot_folder)}", file=sys.stderr)
+        return
     rows = [r for r in saved["rows"] if r["curve"]]
     if rows:
         print(f"\nThe copy curve (train_tiny.py --copy-every; 128 held-out stories; "
@@ -214,6 +310,8 @@ def load_saved(path):
             saved = json.load(f)
         probe_table(saved)
         corpus_table(saved["corpus"])
+        if saved.get("heads"):
+            heads_table(saved["rows"])
     except (OSError, ValueError, KeyError, IndexError, TypeError):
         die(f"{path} is not a table written by copy_study.py --json")
     return saved
@@ -221,11 +319,13 @@ def load_saved(path):
 
 def main():
     args = build_parser().parse_args()
+    if args.heads and args.from_json:
+        die("--heads measures; --from-json reprints a saved run (its heads table too, if it was run with --heads)")
     arms = {} if args.from_json else parse_arms(args.arm, DEFAULT_ARMS)
     checkpoints = {label: path for name, paths in arms.items()
                    for label, path in numbered(f"--arm {name}", paths).items()}
     preflight(outputs={"--json": args.json if not args.from_json else None},
-              folders={"--plot": (args.plot, ["copy_curve.png"]) if args.plot else None},
+              folders={"--plot": (args.plot, ["copy_curve.png", "copy_heads.png"]) if args.plot else None},
               inputs={"--from-json": args.from_json, **checkpoints})
     if args.plot:
         require_plot_extra()

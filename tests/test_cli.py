@@ -554,3 +554,10 @@ def test_frontier_prints_every_setting_and_reprints_its_json(checkpoint, tmp_pat
 ])
 def test_frontier_bad_input_is_one_line_and_exit_2(checkpoint, args, needle, script_run):
     assert_clean_error(script_run("studies/frontier.py", "--checkpoint", str(checkpoint), *args), needle)
+
+
+def test_copy_study_heads_is_a_measurement_not_a_reprint(tmp_path, script_run):
+    saved = tmp_path / "c.json"
+    saved.write_text("{}")
+    assert_clean_error(script_run("studies/copy_study.py", "--heads", "--from-json", str(saved)),
+                       "--heads measures")

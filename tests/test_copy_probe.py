@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 
 from conftest import MASK_ID, PAD_ID, tiny_model
 from minidlm.checkpoint import load_model
-from minidlm.copy_probe import (GENDER, MENTIONS, Case, hero_mentions, make_case, probe_cases,
-                                repeat_stats, summarize)
+from minidlm.copy_probe import (GENDER, MENTIONS, Case, attention_on_mentions, head_zeroed, hero_mentions,
+                                make_case, probe_cases, repeat_stats, summarize)
 from minidlm.corpus import generate_stories, generate_story, is_grammatical, split_sentences
 
 
@@ -41,6 +41,10 @@ def test_a_case_filled_with_its_answer_is_the_story(tok, seed, mention, share):
     assert case.answer not in case.rivals and len(case.rivals) == len(set(case.rivals))
     others = [tok.decode(list(r)).strip() for r in case.rivals]
     assert all(GENDER[o] == GENDER[name] and len(r) == len(case.answer) for o, r in zip(others, case.rivals))
+    # where a copy would read: every other mention's tokens, and nothing of the hole
+    assert case.others and not set(case.others) & set(case.hole)
+    mentioned = tok.decode([canvas[i] for i in case.others]).replace(" ", "")
+    assert mentioned == name * (len(spans) - 1)
 
 
 class SetLogits(torch.nn.Module):
@@ -101,6 +105,61 @@ def test_a_case_scores_the_same_alone_and_in_a_left_padded_batch(data):
         assert a["recovered"] == b["recovered"] and a["margin"] == pytest.approx(b["margin"])
 
 
+def random_cases(data, n_cases, mask_id=MASK_ID):
+    """Left-padded canvases of different lengths, a hole in each and a few other positions marked
+    as the name's other mention."""
+    cases = []
+    for _ in range(n_cases):
+        n = data.draw(st.integers(5, 20))
+        canvas = [PAD_ID] + data.draw(st.lists(st.integers(0, 30), min_size=n, max_size=n))
+        at, width = data.draw(st.integers(1, n - 3)), data.draw(st.integers(1, 2))
+        hole = tuple(range(at, at + width))
+        for i in hole:
+            canvas[i] = mask_id
+        rest = [i for i in range(1, n + 1) if i not in hole]
+        others = tuple(sorted(data.draw(st.sets(st.sampled_from(rest), min_size=1, max_size=3))))
+        cases.append(Case("x", tuple(canvas), hole, (31,) * width, ((32,) * width,), others))
+    return cases
+
+
+@given(data=st.data(), sink=st.booleans())
+def test_attention_on_the_other_mention_is_the_same_alone_and_in_a_padded_batch(data, sink):
+    model = tiny_model(n_layer=2, sink=sink)
+    cases = random_cases(data, data.draw(st.integers(2, 4)))
+    together, uniform = attention_on_mentions(model, TOK, cases)
+    alone = torch.stack([attention_on_mentions(model, TOK, [c])[0] for c in cases]).mean(0)
+    assert together.shape == (2, 2) and torch.allclose(together, alone, atol=1e-6)
+    assert bool(((together >= 0) & (together <= 1 + 1e-9)).all())
+    assert uniform == pytest.approx(sum(len(c.others) / len(c.canvas) for c in cases) / len(cases))
+
+
+@given(data=st.data())
+def test_a_model_whose_queries_are_zero_attends_uniformly_to_the_other_mention(data):
+    """Zero queries give every key the same logit: the weight on the other mention is then the
+    share of the canvas its tokens are, in every layer and head, the uniform figure itself."""
+    model = tiny_model(n_layer=2)
+    with torch.no_grad():
+        for block in model.blocks:
+            block.attn.wqkv.weight[:model.cfg.d_model] = 0
+    cases = random_cases(data, data.draw(st.integers(1, 3)))
+    weights, uniform = attention_on_mentions(model, TOK, cases)
+    assert torch.allclose(weights, torch.full_like(weights, uniform), atol=1e-9)
+
+
+@given(layer=st.integers(0, 1), head=st.integers(0, 1), seed=st.integers(0, 3))
+def test_silencing_a_head_is_zeroing_its_columns_of_the_output_projection_and_undoes_itself(layer, head, seed):
+    model = tiny_model(n_layer=2, seed=seed)
+    x = torch.randint(0, 30, (2, 9), generator=torch.Generator().manual_seed(seed))
+    before = model(x)
+    with head_zeroed(model, layer, head):
+        silenced = model(x)
+    assert torch.equal(model(x), before)
+    size = model.cfg.d_model // model.cfg.n_head
+    with torch.no_grad():
+        model.blocks[layer].attn.wo.weight[:, head * size:(head + 1) * size] = 0
+    assert torch.allclose(silenced, model(x), atol=1e-9) and not torch.allclose(silenced, before)
+
+
 def test_repeat_stats_counts_mentions_and_token_gaps(tok):
     story = "Mia had a red ball. Mia played with the ball all day. She smiled. Mia went home happily."
     s = repeat_stats(tok, [story, "Tom had a kite. He was so happy!"])
@@ -159,3 +218,9 @@ def test_train_tiny_logs_the_copy_curve_and_copy_study_reads_it(tmp_path):
     seeds = run("-m", "studies.copy_study", "--from-json", str(saved), "--per-seed")
     assert seeds.returncode == 0 and seeds.stdout.count("| tiny copy.pt |") == 4  # every point of the one seed
     assert json.loads(saved.read_text())["rows"][0]["per_model"][0]["name_share"] == 0.9
+    heads = tmp_path / "heads.json"
+    r = run("-m", "studies.copy_study", "--arm", f"tiny={out}", "--stories", "20", "--heads", "--json", str(heads))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "Which head copies" in r.stdout and r.stdout.count("| tiny | copy.pt |") == 2
+    again = run("-m", "studies.copy_study", "--from-json", str(heads))
+    assert again.returncode == 0 and again.stdout == r.stdout
