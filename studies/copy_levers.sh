@@ -5,19 +5,22 @@
 #   SEEDS="0 1" bash studies/copy_levers.sh names1          # the same over seeds 0 and 1
 #   bash studies/copy_levers.sh lr2x wide                   # 2x both learning rates; 4 wide layers
 #   bash studies/copy_levers.sh heads seq512                # 8 heads of 16; windows of 512 x 4
-#   bash studies/copy_levers.sh long                        # the recipe 10x longer (~65 min a seed)
+#   bash studies/copy_levers.sh long                        # the recipe 10x longer (~75 min a seed)
 #   bash studies/copy_levers.sh compare                     # every run above, the shipped models and the
 #                                                           # seeds of the default recipe, through copy_study.py
+#   bash studies/copy_levers.sh copyhead                    # which head copies, in the long runs and the shipped
+#                                                           # model (copy_study.py --heads)
 #
 # Every run is the default recipe (1,000 steps of 8 x 256 tokens: about 7 minutes at one thread on
 # an idle core) with the lever's flags and `--copy-every 100`, which logs the copy curve into the
 # checkpoint. Checkpoints and logs go to runs/copy/; `compare` writes studies/results/copy_study.json
-# and docs/copying/copy_curve.png. The default recipe's own seeds are runs/seeds/base-{0,1,2}.pt
+# and docs/copying/copy_curve.png; `copyhead` writes studies/results/copy_heads.json and
+# docs/copying/copy_heads.png. The default recipe's own seeds are runs/seeds/base-{0,1,2}.pt
 # (python -m studies.reproduce makes them).
 if [ -z "${BASH_VERSION:-}" ]; then echo "error: run it with bash: bash studies/copy_levers.sh LEVER..." >&2; exit 2; fi
 set -euo pipefail
 cd "$(dirname "$0")/.."
-LEVERS=" names1 vocab2048 both lr2x wide heads seq512 long compare "
+LEVERS=" names1 vocab2048 both lr2x wide heads seq512 long compare copyhead "
 SEEDS=${SEEDS:-0}
 [ $# -gt 0 ] || { echo "usage: bash studies/copy_levers.sh LEVER... (from:$LEVERS)" >&2; exit 2; }
 for lever in "$@"; do
@@ -44,7 +47,7 @@ for lever in "$@"; do
     heads) train heads --n-head 8 ;;               # 8 heads of 16 dimensions instead of 4 of 32
     seq512) train seq512 --seq-len 512 --batch-size 4 ;;  # the same 2,048 tokens a step, in longer windows
                                                     # (its probe also keeps stories of 257-512 tokens)
-    long) train long --steps 10000 --copy-every 500 ;;  # 10x the recipe: 20 M tokens, its cosine stretched;
+    long) train long --steps 10000 --copy-every 500 ;;  # 10x the recipe: 20 M tokens, its schedule stretched;
                                                     # the later --copy-every wins: a point every 500 steps
     compare)
       arms=()
@@ -55,5 +58,10 @@ for lever in "$@"; do
       python -m studies.copy_study --arm "shipped=checkpoints/tiny.pt" \
         --arm "default=runs/seeds/base-0.pt,runs/seeds/base-1.pt,runs/seeds/base-2.pt" "${arms[@]}" \
         --json studies/results/copy_study.json --plot docs/copying ;;
+    copyhead)
+      runs=$(ls runs/copy/long-*.pt 2>/dev/null | grep -v state | paste -sd, -) || true
+      [ -n "$runs" ] || { echo "error: no runs/copy/long-*.pt: run 'bash studies/copy_levers.sh long' first" >&2; exit 2; }
+      python -m studies.copy_study --heads --arm "shipped=checkpoints/tiny.pt" --arm "long=$runs" \
+        --json studies/results/copy_heads.json --plot docs/copying ;;
   esac
 done
