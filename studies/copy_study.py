@@ -226,10 +226,10 @@ def plot_curves(rows, folder) -> str:
 
 
 def heads_table(rows) -> str:
-    """Per checkpoint and mention: the copy head (layers and heads counted from 0), its weight on
-    the other mention against uniform attention's, and recovery intact, with it silenced and with
-    the control head silenced."""
-    lines = ["| arm | checkpoint | mention | copy head | its weight on the other mention % | uniform % | "
+    """Per checkpoint and mention: the head most attentive to the other mention (the copy head in a
+    model that copies; layers and heads counted from 0), its weight there against uniform
+    attention's, and recovery intact, with it silenced and with the control head silenced."""
+    lines = ["| arm | checkpoint | mention | most attentive head | its weight on the other mention % | uniform % | "
              "recovered % | head silenced | control silenced | margin nats: intact / head silenced |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
