@@ -59,22 +59,22 @@ def given_options(parser, argv=None) -> dict:
     finally:
         for a, default in saved.items():
             a.default = default
-    typed = [t.split("=", 1)[0] for t in argv if t.startswith("--")]
-    return {a.dest: _as_typed(a.option_strings, typed)
+    spelled = {}  # dest: the spelling of its last occurrence in argv (argparse keeps the last)
+    for token in argv:
+        option = _spelling(parser, token.split("=", 1)[0]) if token.startswith("--") else None
+        if option is not None:
+            spelled[parser._option_string_actions[option].dest] = option
+    return {a.dest: spelled.get(a.dest, a.option_strings[0])
             for a in parser._actions if a.dest in given and a.option_strings}
 
 
-def _as_typed(option_strings, typed):
-    """The spelling of one option that the user typed (--no-plain-ce, not --plain-ce), the full
-    name where an abbreviation was typed; the first spelling if none is found."""
-    for t in reversed(typed):  # argparse keeps the last occurrence
-        exact = [o for o in option_strings if o == t]
-        if exact:
-            return exact[0]
-        prefixed = [o for o in option_strings if o.startswith(t)]
-        if len(prefixed) == 1:
-            return prefixed[0]
-    return option_strings[0]
+def _spelling(parser, token):
+    """The option string `token` names in `parser`: itself, or the one option it abbreviates
+    (None when it names none, or several)."""
+    if token in parser._option_string_actions:
+        return token
+    matches = [o for o in parser._option_string_actions if o.startswith(token)]
+    return matches[0] if len(matches) == 1 else None
 
 
 def die(message: str, code: int = 2):

@@ -191,8 +191,8 @@ def attention_on_mentions(model, tokenizer, cases, batch_size: int = 32):
     """Where a copy would read: per layer and head, the attention weight the hole's rows put on
     the tokens of the name's other mentions (summed over those keys, averaged over the hole's
     rows, then over cases), as an (n_layer, n_head) tensor; and what uniform attention would put
-    there (the share of the canvas those tokens are), for scale. Cases without another mention
-    are skipped; the [SINK], where there is one, counts as a key that is not the name."""
+    there (the share of the keys those tokens are: the canvas, and the [SINK] where there is one),
+    for scale. Cases without another mention are skipped."""
     cases = [c for c in cases if c.others]
     device = next(model.parameters()).device
     S = int(model.cfg.sink)
@@ -212,7 +212,7 @@ def attention_on_mentions(model, tokenizer, cases, batch_size: int = 32):
             for layer, weights in enumerate(trace.attn):
                 total[layer] += weights[r][:, rows][:, :, keys].sum(-1).mean(-1).float()
     model.train(was_training)
-    uniform = sum(len(c.others) / len(c.canvas) for c in cases) / max(len(cases), 1)
+    uniform = sum(len(c.others) / (len(c.canvas) + S) for c in cases) / max(len(cases), 1)
     return (total / max(len(cases), 1)).cpu(), uniform
 
 

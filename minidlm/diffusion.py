@@ -95,7 +95,7 @@ def evaluate_nelbo(model, windows, mask_id, n_mc=16, batch_size=32, seed=0):
     (L / l) * (sum of masked CE) / L. The standard error is that of the per-window means.
     A causal model is refused: it never learned to fill a [MASK], so the number would bound
     nothing it does (its exact NLL is `evaluate_nll`)."""
-    if getattr(model, "cfg", None) is not None and model.cfg.causal:  # (a compiled model has no cfg)
+    if getattr(model, "cfg", None) is not None and model.cfg.causal:  # (a stand-in module may have no cfg)
         raise ValueError("an autoregressive model has an exact NLL, not a NELBO: use evaluate_nll")
     device = windows.device
     g = torch.Generator(device=device).manual_seed(seed)

@@ -198,7 +198,7 @@ def infill(model, canvases, mask_id: int, pad_id: int, cfg: SamplerConfig, seed:
     on_step(step, x, cache), after every step, is for displays and probes, and is the only place
     that may sync with the host; observe=True makes the cache keep what they read (cache.py), and
     changes no token. stats, if a dict, receives the rows computed per layer and the steps."""
-    if getattr(model, "cfg", None) is not None and model.cfg.causal:  # (a compiled model has no cfg)
+    if getattr(model, "cfg", None) is not None and model.cfg.causal:  # (a stand-in module may have no cfg)
         raise ValueError("an autoregressive model decodes left to right: use autoregressive.ar_generate")
     device = next(model.parameters()).device
     counts = sorted({sum(t == mask_id for t in c) for c in canvases})

@@ -5,7 +5,7 @@
 #   SEEDS="0 1" bash studies/copy_levers.sh names1          # the same over seeds 0 and 1
 #   bash studies/copy_levers.sh lr2x wide                   # 2x both learning rates; 4 wide layers
 #   bash studies/copy_levers.sh heads seq512                # 8 heads of 16; windows of 512 x 4
-#   bash studies/copy_levers.sh long                        # the recipe 10x longer (~75 min a seed)
+#   bash studies/copy_levers.sh long                        # the recipe 10x longer (~85 min a seed)
 #   bash studies/copy_levers.sh compare                     # every run above, the shipped models and the
 #                                                           # seeds of the default recipe, through copy_study.py
 #   bash studies/copy_levers.sh copyhead                    # which head copies, in the long runs and the shipped

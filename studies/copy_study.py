@@ -20,7 +20,7 @@ it against training minutes (`--plot DIR` writes copy_curve.png).
 --heads asks which attention head does the copy, per checkpoint: the weight each layer's heads
 put, from the hole's rows, on the tokens of the name's other mention (uniform attention would put
 the share of the canvas those tokens are), then the probe again with the head that puts the most
-there silenced (its output zeroed), and with the next one of the same layer silenced instead, as
+there silenced (its output zeroed), and with the second most attentive head of its layer silenced instead, as
 the control. `--plot DIR` then writes copy_heads.png (one map of layers x heads per checkpoint)
 instead of the curve.
 """
@@ -288,7 +288,7 @@ def print_all(saved, plot_folder, per_seed=False):
     print(probe_table(saved))
     if saved.get("heads"):
         print("\nWhich head copies (its weight: from the hole's rows, on the name's other mention; "
-              "silenced: its output zeroed, then the control's, the next head of its layer, instead):")
+              "silenced: its output zeroed, then the control's, the second most attentive head of its layer, instead):")
         print(heads_table(saved["rows"]))
         if plot_folder:
             print(f"wrote {plot_heads(saved['rows'], plot_folder)}", file=sys.stderr)

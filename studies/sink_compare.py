@@ -193,6 +193,8 @@ def check_arms(args, arms, val_docs, device):
                 model, tok, meta = load_model(path, device)
             except CheckpointError as e:
                 die(str(e))
+            if model.cfg.causal:
+                die(f"{path} is an autoregressive model: it has no denoising steps for sinks to move across")
             longest = (max(len(tok.prompt(t)) for t in held_out_prompts(val_docs, args.prompts))
                        if args.data is None else PROMPT_TOKENS)
             problem = (data_problem(path, meta, args.data)

@@ -149,6 +149,11 @@ def test_an_ar_checkpoint_refuses_holes_and_the_diffusion_options(checkpoints, s
     assert_clean_error(script_run("sample.py", "--checkpoint", checkpoints["ar"], "--gen-length", "8", *flags), needle)
 
 
+@pytest.mark.parametrize("study", ["studies/sink_compare.py", "studies/copy_study.py"])
+def test_the_diffusion_studies_refuse_an_ar_checkpoint_in_one_line(checkpoints, script_run, study):
+    assert_clean_error(script_run(study, "--arm", f"ar={checkpoints['ar']}"), "is an autoregressive model")
+
+
 def test_a_diffusion_checkpoint_refuses_the_ar_option(checkpoints, script_run):
     assert_clean_error(script_run("sample.py", "--checkpoint", checkpoints["diffusion"], "--no-kv-cache"),
                        "--no-kv-cache is for autoregressive checkpoints")

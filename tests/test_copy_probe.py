@@ -130,20 +130,37 @@ def test_attention_on_the_other_mention_is_the_same_alone_and_in_a_padded_batch(
     alone = torch.stack([attention_on_mentions(model, TOK, [c])[0] for c in cases]).mean(0)
     assert together.shape == (2, 2) and torch.allclose(together, alone, atol=1e-6)
     assert bool(((together >= 0) & (together <= 1 + 1e-9)).all())
-    assert uniform == pytest.approx(sum(len(c.others) / len(c.canvas) for c in cases) / len(cases))
+    assert uniform == pytest.approx(sum(len(c.others) / (len(c.canvas) + sink) for c in cases) / len(cases))
 
 
-@given(data=st.data())
-def test_a_model_whose_queries_are_zero_attends_uniformly_to_the_other_mention(data):
+@given(data=st.data(), sink=st.booleans())
+def test_a_model_whose_queries_are_zero_attends_uniformly_to_the_other_mention(data, sink):
     """Zero queries give every key the same logit: the weight on the other mention is then the
-    share of the canvas its tokens are, in every layer and head, the uniform figure itself."""
-    model = tiny_model(n_layer=2)
+    share of the keys its tokens are ([SINK] included), in every layer and head: the uniform figure."""
+    model = tiny_model(n_layer=2, sink=sink)
     with torch.no_grad():
         for block in model.blocks:
             block.attn.wqkv.weight[:model.cfg.d_model] = 0
     cases = random_cases(data, data.draw(st.integers(1, 3)))
     weights, uniform = attention_on_mentions(model, TOK, cases)
     assert torch.allclose(weights, torch.full_like(weights, uniform), atol=1e-9)
+
+
+@given(data=st.data(), sink=st.booleans())
+def test_every_content_key_as_the_other_mention_gets_all_attention_but_the_sinks(data, sink):
+    """With every canvas position named as the other mention, a hole row's weight there is all of
+    its attention except what goes to the [SINK] (key 0 of a sink model's forward): pins which
+    rows and keys are read, padding and sink offsets included."""
+    model = tiny_model(n_layer=2, sink=sink)
+    case = random_cases(data, 1)[0]
+    case = Case(case.name, case.canvas, case.hole, case.answer, case.rivals, tuple(range(len(case.canvas))))
+    alone, _ = attention_on_mentions(model, TOK, [case])
+    _, trace = model(torch.tensor([case.canvas]), trace=True)
+    S = int(sink)
+    for layer, attn in enumerate(trace.attn):
+        rows = [S + i for i in case.hole]
+        expected = 1 - attn[0, :, rows, 0].mean(-1) if sink else torch.ones(attn.shape[1], dtype=attn.dtype)
+        assert torch.allclose(alone[layer], expected.float(), atol=1e-6)
 
 
 @given(layer=st.integers(0, 1), head=st.integers(0, 1), seed=st.integers(0, 3))

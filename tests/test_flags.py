@@ -101,10 +101,10 @@ BOOLEAN_FLAGS = [(script, a.option_strings) for script, build in PARSERS.items()
                  if isinstance(a, argparse.BooleanOptionalAction)]
 
 
-@given(st.sampled_from(BOOLEAN_FLAGS), st.integers(0, 1), st.integers(0, 4))
-def test_given_options_names_a_flag_as_the_user_spelled_it(flag, which, cut):
+@given(st.sampled_from(BOOLEAN_FLAGS), st.integers(0, 1), st.integers(0, 4), st.booleans())
+def test_given_options_names_a_flag_as_the_user_spelled_it(flag, which, cut, twice):
     """A refusal quotes the option that was typed: --no-plain-ce, not --plain-ce; an abbreviation
-    by the full spelling it stands for."""
+    by the full spelling it stands for; of a flag given twice, the last (the one argparse keeps)."""
     from minidlm.cli import given_options
     script, spellings = flag
     parser = PARSERS[script]()
@@ -114,5 +114,11 @@ def test_given_options_names_a_flag_as_the_user_spelled_it(flag, which, cut):
         typed = spelled  # an ambiguous abbreviation argparse would refuse
     dest = next(a.dest for a in parser._actions if a.option_strings == spellings)
     with contextlib.redirect_stderr(io.StringIO()):
-        got = given_options(parser, [typed])
+        got = given_options(parser, ([spellings[1 - which]] if twice else []) + [typed])
     assert got[dest] == spelled
+
+
+def test_given_options_names_an_option_with_a_value_by_its_full_spelling():
+    from minidlm.cli import given_options
+    parser = PARSERS["train_tiny"]()
+    assert given_options(parser, ["--t-ma=0.9", "--steps", "3"]) == {"t_max": "--t-max", "steps": "--steps"}
