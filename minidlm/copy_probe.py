@@ -93,10 +93,12 @@ def make_case(tokenizer, story: str, mention: str):
     rivals = tuple(ids for other in NAMES[GENDER[name]] if other != name
                    for ids in [name_ids(tokenizer, other, spaced)] if len(ids) == len(answer))
     hole = tuple(range(len(left), len(left) + len(answer)))
-    others = tuple(sorted({i + k for spelled in (True, False) for ids in [name_ids(tokenizer, name, spelled)]
-                           for i in range(len(canvas) - len(ids) + 1)
-                           if tuple(canvas[i:i + len(ids)]) == ids for k in range(len(ids))}))
-    return Case(name, tuple(canvas), hole, answer, rivals, others)
+    others = set()  # every token of the name elsewhere, spelled after a space or not
+    for ids in {name_ids(tokenizer, name, True), name_ids(tokenizer, name, False)}:
+        for i in range(len(canvas) - len(ids) + 1):
+            if tuple(canvas[i:i + len(ids)]) == ids:
+                others.update(range(i, i + len(ids)))
+    return Case(name, tuple(canvas), hole, answer, rivals, tuple(sorted(others)))
 
 
 def make_cases(tokenizer, stories, mention: str, max_len: int) -> list:
@@ -105,12 +107,17 @@ def make_cases(tokenizer, stories, mention: str, max_len: int) -> list:
     return [c for c in cases if c is not None and len(c.canvas) <= max_len]
 
 
-def _forward(model, x, n_pad, mask_id):
-    """Log-probabilities (B, L, V) of left-padded rows, [MASK] never a prediction."""
+def _padded(model, x, n_pad, **kwargs):
+    """The model's forward over left-padded rows: true positions, the padding hidden from attention."""
     L = x.shape[1]
     positions = torch.arange(L, device=x.device) - n_pad[:, None]
     bias = padding_bias(n_pad, L) if bool((n_pad > 0).any()) else None
-    logits = model(x, positions=positions, attn_bias=bias).float()
+    return model(x, positions=positions, attn_bias=bias, **kwargs)
+
+
+def _forward(model, x, n_pad, mask_id):
+    """Log-probabilities (B, L, V) of left-padded rows, [MASK] never a prediction."""
+    logits = _padded(model, x, n_pad).float()
     logits[..., mask_id] = float("-inf")
     return logits.log_softmax(-1)
 
@@ -202,9 +209,7 @@ def attention_on_mentions(model, tokenizer, cases, batch_size: int = 32):
     for at in range(0, len(cases), batch_size):
         chunk = cases[at:at + batch_size]
         x, n_pad = pad_prompts([list(c.canvas) for c in chunk], tokenizer.eot_id, device)
-        L = x.shape[1]
-        bias = padding_bias(n_pad, L) if bool((n_pad > 0).any()) else None
-        _, trace = model(x, positions=torch.arange(L, device=device) - n_pad[:, None], attn_bias=bias, trace=True)
+        _, trace = _padded(model, x, n_pad, trace=True)
         for r, c in enumerate(chunk):
             shift = S + n_pad[r].item()  # (the sink is query row 0 and key 0 of an uncached forward)
             rows = torch.tensor([shift + i for i in c.hole], device=device)

@@ -19,9 +19,9 @@ it against training minutes (`--plot DIR` writes copy_curve.png).
 
 --heads asks which attention head does the copy, per checkpoint: the weight each layer's heads
 put, from the hole's rows, on the tokens of the name's other mention (uniform attention would put
-the share of the canvas those tokens are), then the probe again with the head that puts the most
-there silenced (its output zeroed), and with the second most attentive head of its layer silenced instead, as
-the control. `--plot DIR` then writes copy_heads.png (one map of layers x heads per checkpoint)
+the share of the keys those tokens are), then the probe again with the head that puts the most
+there silenced (its output zeroed), and with the second most attentive head of its layer silenced
+instead, as the control. `--plot DIR` then writes copy_heads.png (one map of layers x heads per checkpoint)
 instead of the curve.
 """
 from minidlm.cli import quiet_early_ctrl_c
@@ -121,7 +121,7 @@ def measure(args, arms):
 def find_copy_head(model, tok, stories) -> dict:
     """The attention maps of both mentions, the head that puts the most weight on the other
     mention (both mentions together), and the probe with it, then with a control head of the
-    same layer (the next most attentive there), silenced."""
+    same layer (the second most attentive there), silenced."""
     maps = {}
     for mention in MENTIONS:
         weights, uniform = attention_on_mentions(model, tok, make_cases(tok, stories, mention, model.cfg.max_seq_len))
@@ -257,10 +257,10 @@ def plot_heads(rows, folder) -> str:
         h = m["heads"]
         weights = torch.tensor(h["maps"]["first"]["weights"])
         image = ax.imshow(100 * weights, vmin=0, vmax=100, cmap="Blues", aspect="auto")
-        for (layer, head), w in zip([(l, k) for l in range(weights.shape[0]) for k in range(weights.shape[1])],
-                                    weights.flatten().tolist()):
-            ax.text(head, layer, f"{100 * w:.0f}", ha="center", va="center", fontsize=7,
-                    color="white" if w > 0.5 else "black")
+        for layer, row in enumerate(weights.tolist()):
+            for head, w in enumerate(row):
+                ax.text(head, layer, f"{100 * w:.0f}", ha="center", va="center", fontsize=7,
+                        color="white" if w > 0.5 else "black")
         ax.add_patch(plt.Rectangle((h["head"] - 0.5, h["layer"] - 0.5), 1, 1, fill=False, lw=2, color="C3"))
         ax.set_xticks(range(weights.shape[1]))
         ax.set_yticks(range(weights.shape[0]))
